@@ -1,0 +1,5 @@
+"""``python -m paramgroups`` runs the command line."""
+
+from paramgroups.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Reading plan files (YAML, TOML, JSON) with line numbers for error messages.
+
+Files are parsed with safe loaders only (``yaml.safe_load``-equivalent, ``tomllib``, ``json``).
+Besides the data, :func:`read_plan_file` returns a :class:`Locations` map from a key path such
+as ``("rules", 2, "lr")`` to the line it was written on, so errors can point at it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
+
+
+class Locations:
+    """Line numbers (1-based) of keys and list items in a plan file."""
+
+    def __init__(self, source: str | None, lines: dict[tuple, int] | None = None):
+        self.source = source
+        self.lines = lines or {}
+
+    def line(self, *path: Any) -> int | None:
+        """The line of ``path``, or of its closest located parent."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def prefix(self, *path: Any) -> str:
+        """``file:line: `` for ``path`` (empty when the plan did not come from a file)."""
+        if self.source is None:
+            return ""
+        line = self.line(*path)
+        return f"{self.source}:{line}: " if line else f"{self.source}: "
+
+
+def _yaml_lines(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict:
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = path + (key.value,)
+            out[sub] = key.start_mark.line + 1
+            _yaml_lines(value, sub, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _yaml_lines(item, path + (i,), out)
+    return out
+
+
+def _toml_lines(text: str) -> dict[tuple, int]:
+    """Lines of ``[[section]]`` items and their keys, and of top-level keys."""
+    out: dict[tuple, int] = {}
+    counts: dict[str, int] = {}
+    current: tuple = ()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"\s*\[\[\s*([\w.-]+)\s*\]\]", line)
+        table = re.match(r"\s*\[\s*([\w.-]+)\s*\]", line)
+        key = re.match(r"\s*([\w-]+)\s*=", line)
+        if header:
+            name = header.group(1)
+            current = (name, counts.get(name, 0))
+            counts[name] = counts.get(name, 0) + 1
+            out.setdefault((name,), lineno)
+            out[current] = lineno
+        elif table:
+            current = (table.group(1),)
+            out[current] = lineno
+        elif key:
+            out.setdefault(current + (key.group(1),), lineno)
+    return out
+
+
+def parse_plan_text(text: str, kind: str, source: str) -> tuple[Any, Locations]:
+    """Parse ``text`` as ``kind`` (yaml, json, toml); raise :class:`ConfigError` with the line."""
+    if kind == "toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line = getattr(exc, "lineno", None)
+            raise ConfigError(f"{source}{f':{line}' if line else ''}: malformed TOML: {exc}") from None
+        return data, Locations(source, _toml_lines(text))
+    if kind == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{source}:{exc.lineno}: malformed JSON: {exc.msg}") from None
+        except RecursionError:
+            raise ConfigError(f"{source}: malformed JSON: nested too deeply") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines = _yaml_lines(node)
+        if kind == "yaml":
+            data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        if kind == "json":  # JSON that YAML cannot compose: keep the data, lose the lines
+            return data, Locations(source)
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}{line}: malformed YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: malformed {kind.upper()}: nested too deeply") from None
+    return data, Locations(source, lines)
+
+
+def read_plan_file(path: str | Path) -> tuple[Any, Locations]:
+    """Read and parse a plan file; every failure is a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(f"{path}: unknown plan file type {path.suffix!r} (use .yaml, .yml, .toml or .json)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a plan file") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return parse_plan_text(text, kind, str(path))

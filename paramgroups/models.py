@@ -1,0 +1,233 @@
+"""Resolving model names, factories and checkpoint files to modules, offline.
+
+Models are built without weights (``weights=None`` / ``pretrained=False``), on the meta device
+unless asked otherwise, so inspecting even a very large model allocates nothing. torchvision
+and timm are imported only when a name needs them: each costs seconds.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "module", "model_state")
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": getattr(torch, "float8_e4m3fn", torch.uint8),
+    "F8_E5M2": getattr(torch, "float8_e5m2", torch.uint8),
+}
+
+
+class CheckpointModule(nn.Module):
+    """A module rebuilt from checkpoint keys: it holds parameters with the saved shapes."""
+
+
+class CheckpointBatchNorm(CheckpointModule):
+    """A checkpoint module that carried running statistics: a normalization layer."""
+
+
+def build_model(spec: str, *, num_classes: int | None = None,
+                device: str | torch.device = "meta") -> nn.Module:
+    """Build ``spec``: a torchvision/timm name, ``timm:NAME``, ``torchvision:NAME``,
+    ``package.module:factory`` or a checkpoint file (``.pt``, ``.pth``, ``.safetensors``)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelError(f"model must be a name or a file, got {spec!r}")
+    if spec.lower().endswith(CHECKPOINT_SUFFIXES) or Path(spec).exists():
+        return load_checkpoint_model(spec)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "timm":
+        return _on_device(lambda: _timm_model(rest, kwargs), device, spec)
+    if sep and prefix == "torchvision":
+        return _on_device(lambda: _torchvision_model(rest, kwargs), device, spec)
+    if sep:
+        return _on_device(lambda: _factory(prefix, rest, kwargs), device, spec)
+    return _on_device(lambda: _named_model(spec, kwargs), device, spec)
+
+
+def _on_device(build: Callable[[], nn.Module], device: str | torch.device, spec: str) -> nn.Module:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"invalid device {device!r}: {exc}") from None
+    try:
+        with device:
+            model = build()
+    except ModelError:
+        raise
+    except TypeError as exc:
+        raise ModelError(f"cannot build {spec!r}: {exc}") from None
+    except Exception as exc:  # a third-party constructor failing is bad input, not our bug
+        raise ModelError(f"building {spec!r} on {device} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return list(torchvision.models.list_models())
+
+
+def _torchvision_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import torchvision
+
+    if name not in _torchvision_names():
+        raise ModelError(f"unknown torchvision model {name!r}{_close(name, _torchvision_names())}")
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def _timm_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise ModelError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _named_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    if name in _torchvision_names():
+        return _torchvision_model(name, kwargs)
+    import timm
+
+    if timm.is_model(name):
+        return _timm_model(name, kwargs)
+    names = _torchvision_names() + [f"timm:{n}" for n in timm.list_models()]
+    raise ModelError(f"unknown model {name!r}{_close(name, names)} "
+                     f"(see `paramgroups models`; a factory is written package.module:function)")
+
+
+def _factory(module_name: str, attr: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"cannot import {module_name!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{module_name!r} has no callable {attr!r}")
+    return factory(**kwargs)
+
+
+def _close(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def list_models(text: str | None = None) -> list[str]:
+    """Model names ``build_model`` takes: torchvision's, then timm's as ``timm:NAME``."""
+    import timm
+
+    names = _torchvision_names() + [f"timm:{n}" for n in timm.list_models()]
+    if text:
+        names = [n for n in names if text.lower() in n.lower()]
+    return names
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+
+def load_checkpoint_model(path: str | Path) -> nn.Module:
+    """A module whose parameters mirror a checkpoint's floating-point tensors.
+
+    Norm running statistics are left out, so a ResNet's state dict audits like the model.
+    Nothing is executed: pickles load with ``weights_only=True`` and tensors stay on the
+    meta device (only names, shapes and dtypes are read).
+    """
+    return module_from_shapes(read_checkpoint_shapes(path), str(path))
+
+
+def read_checkpoint_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{name: (shape, dtype)}`` of every tensor in a checkpoint, without running code."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, not a checkpoint")
+    if path.suffix.lower() == ".safetensors":
+        return _safetensors_shapes(path)
+    state = _torch_load(path)
+    return {k: (tuple(v.shape), v.dtype) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            out = {}
+            for key in f.keys():
+                sl = f.get_slice(key)
+                out[key] = (tuple(sl.get_shape()), _SAFETENSORS_DTYPES.get(sl.get_dtype(), torch.uint8))
+            return out
+    except PermissionError:
+        raise ModelError(f"{path}: permission denied") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError and OSErrors
+        raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def _torch_load(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="meta", weights_only=True)
+    except PermissionError:
+        raise ModelError(f"{path}: permission denied") from None
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
+        raise ModelError(f"{path}: refused to load: it is not a plain tensor checkpoint and "
+                         f"paramgroups never executes code from one ({first})") from None
+    except Exception as exc:  # zip, EOF and runtime errors of a corrupt file
+        raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'corrupt'})") from None
+    return _find_state_dict(obj, path)
+
+
+def _find_state_dict(obj: Any, path: Path) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        if obj and any(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        for key in _NESTED_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict):
+                return _find_state_dict(inner, path)
+    raise ModelError(f"{path}: holds no state dict (a mapping of names to tensors, or a "
+                     f"checkpoint with one under {', '.join(_NESTED_KEYS)})")
+
+
+def module_from_shapes(shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                       source: str) -> nn.Module:
+    """Rebuild a module tree whose parameters have the given names, shapes and dtypes."""
+    root = CheckpointModule()
+    norm_modules = {k.rpartition(".")[0] for k in shapes if k.rpartition(".")[2] in NORM_BUFFERS}
+    kept = {k: v for k, v in shapes.items()
+            if k.rpartition(".")[2] not in NORM_BUFFERS and (v[1].is_floating_point or v[1].is_complex)}
+    if not kept:
+        raise ModelError(f"{source}: has no floating-point tensors to audit")
+    for key, (shape, dtype) in kept.items():
+        *path, leaf = key.split(".")
+        module = root
+        try:
+            for i, part in enumerate(path):
+                child = getattr(module, part, None) if part in module._modules else None
+                if child is None:
+                    prefix = ".".join(path[: i + 1])
+                    cls = CheckpointBatchNorm if prefix in norm_modules else CheckpointModule
+                    child = cls()
+                    module.add_module(part, child)
+                module = child
+            tensor = torch.empty(shape, dtype=dtype, device="meta")
+            module.register_parameter(leaf, nn.Parameter(tensor, requires_grad=True))
+        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            raise ModelError(f"{source}: checkpoint key {key!r} is not a usable parameter name ({exc})") from None
+    return root

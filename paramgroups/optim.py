@@ -1,0 +1,135 @@
+"""Finding optimizer classes, validating their options and building them from groups."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+
+from .errors import OptimizerError
+
+# Per-parameter state tensors, as multiples of the parameter's size, by optimizer class name.
+_STATE: dict[str, Callable[[dict[str, Any]], int]] = {
+    "SGD": lambda o: 1 if o.get("momentum", 0) else 0,
+    "Adam": lambda o: 3 if o.get("amsgrad") else 2,
+    "AdamW": lambda o: 3 if o.get("amsgrad") else 2,
+    "NAdam": lambda o: 2,
+    "RAdam": lambda o: 2,
+    "Adamax": lambda o: 2,
+    "Adadelta": lambda o: 2,
+    "Adagrad": lambda o: 1,
+    "ASGD": lambda o: 1,
+    "Rprop": lambda o: 2,
+    "SparseAdam": lambda o: 2,
+    "RMSprop": lambda o: 1 + bool(o.get("momentum", 0)) + bool(o.get("centered")),
+}
+
+
+def _torch_optimizers() -> dict[str, type]:
+    return {
+        name.lower(): obj for name, obj in vars(torch.optim).items()
+        if inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer)
+        and obj is not torch.optim.Optimizer
+    }
+
+
+def optimizer_class(spec: str | type) -> type:
+    """Resolve ``"adamw"``, ``"AdamW"``, ``"timm:lamb"`` or ``"pkg.module:Class"`` to a class."""
+    if inspect.isclass(spec):
+        if not issubclass(spec, torch.optim.Optimizer):
+            raise OptimizerError(f"{spec.__name__} is not a torch.optim.Optimizer subclass")
+        return spec
+    if not isinstance(spec, str) or not spec:
+        raise OptimizerError(f"optimizer must be a name or a class, got {spec!r}")
+    if spec.startswith("timm:"):
+        return _timm_optimizer(spec[5:])
+    if ":" in spec:
+        return _import_class(spec)
+    known = _torch_optimizers()
+    cls = known.get(spec.lower())
+    if cls is None:
+        close = difflib.get_close_matches(spec.lower(), known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; torch.optim has {', '.join(sorted(known))}"
+        raise OptimizerError(f"unknown optimizer {spec!r}{hint}")
+    return cls
+
+
+def _import_class(spec: str) -> type:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise OptimizerError(f"cannot import {module_name!r} for optimizer {spec!r}: {exc}") from None
+    cls = getattr(module, attr, None)
+    if not inspect.isclass(cls) or not issubclass(cls, torch.optim.Optimizer):
+        raise OptimizerError(f"{spec!r} is not a torch.optim.Optimizer class")
+    return cls
+
+
+def _timm_optimizer(name: str) -> type:
+    try:
+        from timm.optim import list_optimizers, get_optimizer_class
+    except ImportError as exc:  # pragma: no cover - timm is a dependency
+        raise OptimizerError(f"timm optimizers need timm: {exc}") from None
+    names = list_optimizers()
+    if name.lower() not in names:
+        close = difflib.get_close_matches(name.lower(), names, n=3)
+        raise OptimizerError(f"unknown timm optimizer {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    cls = get_optimizer_class(name.lower(), bind_defaults=False)
+    if not inspect.isclass(cls):  # pragma: no cover - timm returns classes when unbound
+        raise OptimizerError(f"timm optimizer {name!r} is not a class")
+    return cls
+
+
+@lru_cache(maxsize=None)
+def accepted_options(cls: type) -> tuple[dict[str, Any], bool]:
+    """The constructor's keyword options with their defaults, and whether it takes ``**kwargs``."""
+    sig = inspect.signature(cls.__init__)
+    options, var_kw = {}, False
+    for i, (name, p) in enumerate(sig.parameters.items()):
+        if i == 0 or name == "params":
+            continue
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind is not p.VAR_POSITIONAL:
+            options[name] = p.default
+    return options, var_kw
+
+
+def takes(cls: type, option: str) -> bool:
+    options, var_kw = accepted_options(cls)
+    return option in options or var_kw
+
+
+def check_option(cls: type, option: str) -> None:
+    """Raise :class:`OptimizerError` unless ``cls`` takes ``option``."""
+    if not takes(cls, option):
+        options, _ = accepted_options(cls)
+        close = difflib.get_close_matches(option, options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (it takes: {', '.join(options)})"
+        raise OptimizerError(f"optimizer {cls.__name__} does not take option {option!r}{hint}")
+
+
+def default_lr(cls: type) -> float:
+    """The optimizer's own default learning rate; an error if it has none."""
+    options, _ = accepted_options(cls)
+    lr = options.get("lr", inspect.Parameter.empty)
+    if lr is inspect.Parameter.empty or isinstance(lr, torch.Tensor):
+        raise OptimizerError(f"optimizer {cls.__name__} has no default lr: set lr in the plan")
+    return float(lr)
+
+
+def state_multiplier(cls: type, options: dict[str, Any]) -> int | None:
+    """How many parameter-sized state tensors ``cls`` keeps per parameter, or None if unknown."""
+    for klass in cls.__mro__:
+        fn = _STATE.get(klass.__name__)
+        if fn is not None and klass.__module__.startswith("torch.optim"):
+            merged = {k: v for k, v in accepted_options(cls)[0].items()
+                      if v is not inspect.Parameter.empty}
+            merged.update(options)
+            return fn(merged)
+    return None

@@ -1,0 +1,228 @@
+"""The plan: rules plus plan-wide settings, and what it emits (groups, optimizers).
+
+A :class:`Plan` is declarative and model-independent: the same plan resolves on any model
+whose parameter names its rules match. Resolving it against a model gives assignments and
+groups; those become ordinary ``torch.optim`` param groups and optimizers.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from . import optim
+from .config import Locations, read_plan_file
+from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, RuleError
+from .groups import build_groups
+from .inventory import inventory
+from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, resolve
+
+PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer")
+
+
+class Plan:
+    """Rules, plan-wide defaults and the optimizer they are meant for.
+
+    ``lr=None`` means the optimizer's own default. ``weight_decay`` is the default for every
+    parameter no rule gives one. Extra keyword arguments are options of the optimizer
+    (``momentum=0.9``, ``betas=(0.9, 0.95)``), validated against its constructor.
+    """
+
+    def __init__(self, rules: Iterable[Rule | Mapping[str, Any]] = (), *, lr: float | None = None,
+                 weight_decay: float = 0.0, optimizer: str | type = "sgd",
+                 **optimizer_options: Any):
+        self._init(rules, lr, weight_decay, optimizer, optimizer_options, Locations(None))
+
+    def _init(self, rules: Iterable[Any], lr: Any, weight_decay: Any, optimizer: Any,
+              options: dict[str, Any], loc: Locations) -> None:
+        self._loc = loc
+        self.optimizer_spec = optimizer
+        with _located(loc, "optimizer"):
+            self.optimizer_class = optim.optimizer_class(optimizer)
+        with _located(loc, "lr"):
+            self.lr = check_number("lr", lr, PlanError)
+        with _located(loc, "weight_decay"):
+            if weight_decay is None:
+                raise PlanError("weight_decay must be a number, got None")
+            self.weight_decay = check_number("weight_decay", weight_decay, PlanError)
+        for key in options:
+            with _located(loc, key):
+                self._check_plan_option(key)
+        self.optimizer_options = dict(options)
+        self.rules = [self._rule(i, r) for i, r in enumerate(rules)]
+
+    # -- construction --------------------------------------------------------------------
+
+    def _check_plan_option(self, key: str) -> None:
+        if not isinstance(key, str):
+            raise ConfigError(f"plan keys must be strings, got {key!r}")
+        if key == "params":
+            raise PlanError("'params' is not a plan field: the plan finds the parameters itself")
+        if not optim.takes(self.optimizer_class, key):
+            valid = [*PLAN_FIELDS, *optim.accepted_options(self.optimizer_class)[0]]
+            raise OptimizerError(_unknown(key, valid, self.optimizer_class))
+
+    def _rule(self, index: int, rule: Rule | Mapping[str, Any]) -> Rule:
+        line = self._loc.line("rules", index)
+        try:
+            if isinstance(rule, Rule):
+                built = rule
+            elif isinstance(rule, Mapping):
+                built = self._rule_from_mapping(index, rule)
+            else:
+                raise RuleError(f"a rule must be a mapping of fields, got {rule!r}")
+            for key in built.options:
+                self._check_rule_option(key)
+            return built
+        except _Located as exc:
+            raise exc.error from None
+        except ParamgroupsError as exc:
+            raise located_rule_error(exc, index, self._loc.source, line) from None
+
+    def _check_rule_option(self, key: Any) -> None:
+        if not isinstance(key, str):
+            raise RuleError(f"rule keys must be strings, got {key!r}")
+        if key not in RULE_FIELDS and not optim.takes(self.optimizer_class, key):
+            valid = [*RULE_FIELDS, *optim.accepted_options(self.optimizer_class)[0]]
+            raise RuleError(_unknown(key, valid, self.optimizer_class))
+
+    def _rule_from_mapping(self, index: int, data: Mapping[str, Any]) -> Rule:
+        for key in data:
+            try:
+                self._check_rule_option(key)
+            except RuleError as exc:  # point at the key's own line
+                line = self._loc.line("rules", index, key)
+                raise _Located(located_rule_error(exc, index, self._loc.source, line)) from None
+        return Rule(**data, source=self._loc.source, line=self._loc.line("rules", index))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None,
+                  locations: Locations | None = None) -> "Plan":
+        """Build a plan from the mapping a plan file parses to."""
+        loc = locations or Locations(source)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{loc.prefix()}a plan must be a mapping of fields, got {type(data).__name__}")
+        fields = dict(data)
+        rules = fields.pop("rules", None)
+        if rules is None:
+            rules = []
+        if not isinstance(rules, list):
+            raise ConfigError(f"{loc.prefix('rules')}rules must be a list of rules, got {type(rules).__name__}")
+        plan = cls.__new__(cls)
+        plan._init(rules, fields.pop("lr", None), fields.pop("weight_decay", 0.0),
+                   fields.pop("optimizer", "sgd"), fields, loc)
+        return plan
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        """Read a YAML, TOML or JSON plan file."""
+        data, loc = read_plan_file(path)
+        if data is None:
+            data = {}
+        return cls.from_dict(data, locations=loc)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan-file form; ``Plan.from_dict(plan.to_dict())`` gives an equal plan."""
+        spec = self.optimizer_spec
+        out: dict[str, Any] = {
+            "optimizer": spec if isinstance(spec, str) else f"{spec.__module__}:{spec.__qualname__}",
+        }
+        if self.lr is not None:
+            out["lr"] = self.lr
+        out["weight_decay"] = self.weight_decay
+        out.update(self.optimizer_options)
+        out["rules"] = [r.to_dict() for r in self.rules]
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Plan) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Plan({self.to_dict()!r})"
+
+    # -- resolution ----------------------------------------------------------------------
+
+    @property
+    def base_lr(self) -> float:
+        """The plan's lr, or the optimizer's own default when the plan leaves it unset."""
+        return self.lr if self.lr is not None else optim.default_lr(self.optimizer_class)
+
+    def resolve(self, model: nn.Module, *, strict: bool = True) -> Resolution:
+        """Resolve the rules against ``model``: assignments, groups and problems."""
+        res = resolve(inventory(model), self.rules, base_lr=self.base_lr,
+                      base_weight_decay=self.weight_decay, strict=strict)
+        res.groups = build_groups(res.assignments)
+        if not optim.takes(self.optimizer_class, "weight_decay"):
+            wd = sorted({g.weight_decay for g in res.groups if g.weight_decay})
+            if wd:
+                raise OptimizerError(f"optimizer {self.optimizer_class.__name__} does not take "
+                                     f"weight_decay, but the plan gives {wd[0]:g}")
+        return res
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """Plain torch param-group dicts (also what DeepSpeed and other engines take)."""
+        return self._torch_groups(self.resolve(model))
+
+    def _torch_groups(self, res: Resolution) -> list[dict[str, Any]]:
+        with_wd = optim.takes(self.optimizer_class, "weight_decay")
+        return [g.to_torch(with_weight_decay=with_wd) for g in res.groups]
+
+    def apply(self, model: nn.Module) -> Resolution:
+        """Set ``requires_grad`` on every parameter as the plan says; return the resolution."""
+        res = self.resolve(model)
+        for a in res.assignments:
+            if a.record.is_float:
+                a.record.param.requires_grad_(not a.frozen)
+        return res
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Apply the freeze masks and build the optimizer from the plan's groups."""
+        res = self.apply(model)
+        cls = self.optimizer_class
+        if not any(not a.frozen for a in res.assignments):
+            raise PlanError("the plan freezes every parameter: nothing would train "
+                            "(unfreeze something, or add a stage that thaws it)")
+        if len(res.groups) > 1 and _single_group(cls):
+            raise OptimizerError(f"optimizer {cls.__name__} takes one param group, but this plan "
+                                 f"makes {len(res.groups)} ({', '.join(g.name for g in res.groups)})")
+        defaults = dict(self.optimizer_options, lr=self.base_lr)
+        if optim.takes(cls, "weight_decay"):
+            defaults["weight_decay"] = self.weight_decay
+        try:
+            return cls(self._torch_groups(res), **defaults)
+        except (ValueError, TypeError) as exc:
+            raise OptimizerError(f"optimizer {cls.__name__} rejected the plan's settings: {exc}") from None
+
+
+class _Located(Exception):
+    """Carries an error that already says where it happened past the generic handler."""
+
+    def __init__(self, error: ParamgroupsError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextmanager
+def _located(loc: Locations, key: str) -> Iterator[None]:
+    """Prefix errors raised inside with ``file:line:`` of ``key`` (when from a file)."""
+    try:
+        yield
+    except ParamgroupsError as exc:
+        if loc.source is None:
+            raise
+        raise type(exc)(f"{loc.prefix(key)}{exc}") from None
+
+
+def _single_group(cls: type) -> bool:
+    return issubclass(cls, torch.optim.LBFGS)
+
+
+def _unknown(key: str, valid: list[str], cls: type) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
+    return f"unknown field {key!r} (not a plan field nor an option of {cls.__name__}; {hint})"

@@ -1,0 +1,262 @@
+"""The audit: every parameter with its group, LR, weight decay, trainable flag and rules.
+
+An :class:`Audit` is plain data (``parameters``, ``groups``, ``totals``, ``problems``) with
+renderers for a terminal table, JSON, CSV and Markdown. The JSON field names are a contract:
+scripts and CI checks read them; later versions add fields, never rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import optim
+from .inventory import inventory
+from .patterns import PatternList, to_path
+from .plan import Plan
+
+COLUMNS = ("name", "shape", "numel", "module", "group", "lr", "weight_decay", "trainable", "rules")
+MIXED = "mixed"
+
+
+@dataclass
+class Audit:
+    """The audit of one model against a plan or an optimizer."""
+
+    model: str
+    optimizer: str | None
+    parameters: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    totals: dict[str, Any]
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "optimizer": self.optimizer, "parameters": self.parameters,
+                "groups": self.groups, "totals": self.totals, "problems": self.problems}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def select(self, *, only: str | None = None, match: str | None = None) -> "Audit":
+        """The audit restricted to ``only`` ("trainable"/"frozen") rows and/or a name pattern."""
+        rows = self.parameters
+        if only is not None:
+            if only not in ("trainable", "frozen"):
+                raise ValueError(f"only must be 'trainable' or 'frozen', got {only!r}")
+            rows = [r for r in rows if r["trainable"] == (only == "trainable")]
+        if match is not None:
+            pats = PatternList(match)
+            rows = [r for r in rows if _row_matches(pats, r)]
+        return Audit(self.model, self.optimizer, rows, self.groups, self.totals, self.problems)
+
+    def rows(self, depth: int | None = None) -> list[dict[str, Any]]:
+        """Table rows; with ``depth``, collapsed to modules that many segments deep."""
+        return self.parameters if depth is None else collapse(self.parameters, depth)
+
+    def to_table(self, tablefmt: str = "simple", depth: int | None = None) -> str:
+        """Parameters, then groups, then totals and problems, as tabulate tables."""
+        from tabulate import tabulate
+
+        params = [[_cell(r[c], c) for c in COLUMNS] for r in self.rows(depth)]
+        group_cols = ("index", "name", "params", "numel", "lr", "weight_decay", "options")
+        groups = [[_cell(g[c]) for c in group_cols] for g in self.groups]
+        parts = [tabulate(params, headers=COLUMNS, tablefmt=tablefmt, disable_numparse=True),
+                 tabulate(groups, headers=("group", *group_cols[1:]), tablefmt=tablefmt,
+                          disable_numparse=True),
+                 tabulate(self.totals_rows(), tablefmt=tablefmt, disable_numparse=True)]
+        if self.problems:
+            parts.append("\n".join(f"problem: {p}" for p in self.problems))
+        return "\n\n".join(parts)
+
+    def totals_rows(self) -> list[list[str]]:
+        t = self.totals
+        pct = (lambda n: f"{100.0 * n / t['numel']:.1f}%") if t["numel"] else (lambda n: "-")
+        state = t["optimizer_state_bytes"]
+        return [["parameters", f"{t['params']:,}"], ["numel", f"{t['numel']:,}"],
+                ["trainable", f"{t['trainable']:,} ({pct(t['trainable'])})"],
+                ["frozen", f"{t['frozen']:,} ({pct(t['frozen'])})"],
+                ["optimizer state", "unknown" if state is None else _bytes(state)]]
+
+    def to_markdown(self, depth: int | None = None) -> str:
+        return self.to_table("github", depth)
+
+    def to_csv(self, depth: int | None = None) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        for r in self.rows(depth):
+            writer.writerow([_cell(r[c], c) for c in COLUMNS])
+        return buf.getvalue()
+
+
+def _row_matches(pats: PatternList, row: dict[str, Any]) -> bool:
+    names = [row["name"], *row.get("aliases", [])]
+    candidates = {".".join(n.split(".")[:d]) for n in names for d in range(1, n.count(".") + 2)}
+    hit = pats.everything or bool(pats.hits(candidates))
+    return hit and not pats.hits(candidates, "exclude")
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if column == "shape" and isinstance(value, list):
+        return "x".join(map(str, value)) or "scalar"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,} B" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
+    """Merge rows to modules ``depth`` segments deep; differing values become ``mixed``."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    merged: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        key = ".".join(r["name"].split(".")[:depth])
+        m = merged.get(key)
+        if m is None:
+            merged[key] = {**r, "name": key, "rules": list(r["rules"])}
+            continue
+        m["numel"] += r["numel"]
+        m["rules"] = sorted(set(m["rules"]) | set(r["rules"]))
+        for col in ("shape", "module", "group", "lr", "weight_decay", "trainable"):
+            if m[col] != r[col]:
+                m[col] = MIXED
+    return list(merged.values())
+
+
+def audit(model: nn.Module, plan: Plan | None = None,
+          optimizer: torch.optim.Optimizer | None = None, *, name: str | None = None) -> "Audit":
+    """Audit ``model`` against a plan, or against an optimizer someone built by hand.
+
+    With a plan, groups and settings come from resolving it (rules that match nothing are
+    reported as problems, not raised). With an optimizer, they come from its param groups,
+    and the audit reports trainable parameters in no group, parameters in several groups and
+    frozen parameters that sit in a group.
+    """
+    model_name = name or type(model).__name__
+    if optimizer is not None:
+        return _audit_optimizer(model, optimizer, plan, model_name)
+    plan = plan or Plan()
+    res = plan.resolve(model, strict=False)
+    cls = plan.optimizer_class
+    params = [_param_row(a.record, a.group, a.lr, a.weight_decay, a.trainable, a.rules)
+              for a in res.assignments]
+    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr,
+                         g.weight_decay, g.options) for g in res.groups]
+    merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
+    state = _state_bytes(cls, [([a.record for a in g.members if a.trainable], m)
+                               for g, m in zip(res.groups, merged)])
+    return Audit(model_name, cls.__name__, params, groups,
+                 _totals(params, state), list(res.problems))
+
+
+def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | None,
+                     model_name: str) -> Audit:
+    records = inventory(model)
+    where: dict[int, list[int]] = {}
+    for gi, g in enumerate(opt.param_groups):
+        for p in g["params"]:
+            where.setdefault(id(p), []).append(gi)
+    rules_of: dict[int, list[int]] = {}
+    if plan is not None:
+        res = plan.resolve(model, strict=False)
+        rules_of = {a.record.index: a.rules for a in res.assignments}
+    params, problems = [], []
+    for rec in records:
+        gis = where.get(id(rec.param), [])
+        g = opt.param_groups[gis[0]] if gis else None
+        trainable = rec.param.requires_grad and rec.is_float
+        params.append(_param_row(rec, gis[0] if gis else None, g and g.get("lr"),
+                                 g and g.get("weight_decay"), trainable,
+                                 rules_of.get(rec.index, [])))
+        if len(gis) > 1:
+            problems.append(f"{rec.name} is in {len(gis)} param groups ({', '.join(map(str, gis))})")
+        elif not gis and trainable:
+            problems.append(f"{rec.name} is trainable but in no param group: it will never update")
+        elif gis and not trainable:
+            problems.append(f"{rec.name} is frozen (requires_grad=False) but sits in group {gis[0]}")
+    known = {id(r.param) for r in records}
+    for gi, g in enumerate(opt.param_groups):
+        stray = sum(1 for p in g["params"] if id(p) not in known)
+        if stray:
+            problems.append(f"group {gi} holds {stray} tensor(s) that are not parameters of the model")
+    by_id = {id(r.param): r for r in records}
+    groups, state_input = [], []
+    for gi, g in enumerate(opt.param_groups):
+        recs = [by_id[id(p)] for p in g["params"] if id(p) in by_id]
+        options = {k: v for k, v in g.items() if k not in ("params", "name", "lr", "weight_decay")
+                   and opt.defaults.get(k, _MISSING) != v}
+        groups.append(_group_row(gi, g.get("name", f"group {gi}"), recs, g.get("lr"),
+                                 g.get("weight_decay"), options))
+        state_input.append(([r for r in recs if r.param.requires_grad], dict(g)))
+    state = _state_bytes(type(opt), state_input)
+    return Audit(model_name, type(opt).__name__, params, groups, _totals(params, state), problems)
+
+
+_MISSING = object()
+
+
+def _param_row(rec, group, lr, wd, trainable, rules) -> dict[str, Any]:
+    return {"name": rec.name, "aliases": list(rec.aliases), "shape": list(rec.shape),
+            "numel": rec.numel, "dtype": str(rec.dtype).replace("torch.", ""),
+            "module": rec.module_class, "kinds": sorted(rec.kinds), "group": group,
+            "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
+            "rules": list(rules)}
+
+
+def _group_row(index, name, recs, lr, wd, options) -> dict[str, Any]:
+    return {"index": index, "name": name, "params": len(recs),
+            "numel": sum(r.numel for r in recs), "lr": _num(lr), "weight_decay": _num(wd),
+            "options": {k: _jsonable(v) for k, v in options.items()}}
+
+
+def _num(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return float(x.item()) if x.numel() == 1 else None
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else x
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(i) for i in v]
+    if isinstance(v, torch.Tensor):
+        return _num(v)
+    return v if isinstance(v, (str, int, float, bool, list, type(None))) else repr(v)
+
+
+def _state_bytes(cls: type, groups: list[tuple[list, dict[str, Any]]]) -> int | None:
+    total = 0
+    for recs, options in groups:
+        mult = optim.state_multiplier(cls, options)
+        if mult is None:
+            return None
+        total += mult * sum(r.numel * r.param.element_size() for r in recs)
+    return total
+
+
+def _totals(params: list[dict[str, Any]], state: int | None) -> dict[str, Any]:
+    numel = sum(p["numel"] for p in params)
+    trainable = sum(p["numel"] for p in params if p["trainable"])
+    return {"params": len(params), "numel": numel, "trainable": trainable,
+            "frozen": numel - trainable, "optimizer_state_bytes": state}

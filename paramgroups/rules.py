@@ -1,0 +1,239 @@
+"""Rules and the cascade that resolves them into one assignment per parameter.
+
+Rules apply in order. Every rule that selects a parameter sets the fields it names; a later
+rule overrides an earlier one field by field, like CSS. The result records, per parameter,
+the final settings and the rules that touched it, so the audit can say why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any, Sequence
+
+from .errors import ParamgroupsError, RuleError, UnmatchedRuleError
+from .inventory import KINDS, ParamRecord, module_names
+from .patterns import PatternList, to_path
+
+SETTINGS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group")
+RULE_FIELDS = ("match", "modules", "kinds", "optional", *SETTINGS)
+
+
+def _as_list(value: Any, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise RuleError(f"{what} must be a string or a list of strings, got {value!r}")
+    return list(items)
+
+
+def check_number(name: str, value: Any, error: type[ParamgroupsError] = RuleError) -> float | None:
+    """``None``, or a finite non-negative number (not a bool); else ``error`` saying so."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise error(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+@dataclass
+class Rule:
+    """Select parameters by name, owning module class and kind, and set what they get.
+
+    ``match`` is a pattern or a list of patterns (see DESIGN.md); ``modules`` filters by the
+    owning module's class name (globs, base classes count); ``kinds`` by kind (``weight``,
+    ``bias``, ``norm``, ``embedding``, ``ndim<=1``; any of them). Settings left ``None`` are
+    not touched by this rule. Extra keyword arguments are per-group optimizer options.
+    """
+
+    match: str | list[str] = "**"
+    modules: str | list[str] | None = None
+    kinds: str | list[str] | None = None
+    optional: bool = False
+    lr: float | None = None
+    lr_mult: float | None = None
+    weight_decay: float | None = None
+    wd_mult: float | None = None
+    freeze: bool | None = None
+    group: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    source: str | None = field(default=None, compare=False, repr=False)
+    line: int | None = field(default=None, compare=False, repr=False)
+
+    def __init__(self, match: str | Sequence[str] = "**", *, modules: str | Sequence[str] | None = None,
+                 kinds: str | Sequence[str] | None = None, optional: bool = False,
+                 lr: float | None = None, lr_mult: float | None = None,
+                 weight_decay: float | None = None, wd_mult: float | None = None,
+                 freeze: bool | None = None, group: str | None = None,
+                 source: str | None = None, line: int | None = None, **optimizer_options: Any):
+        self.match = match if isinstance(match, str) else list(match) if isinstance(match, (list, tuple)) else match
+        self.patterns = PatternList(self.match)
+        self.modules = _as_list(modules, "modules")
+        self.kinds = _as_list(kinds, "kinds")
+        for kind in self.kinds or ():
+            if kind not in KINDS:
+                close = difflib.get_close_matches(kind, KINDS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f" (kinds: {', '.join(KINDS)})"
+                raise RuleError(f"unknown kind {kind!r}{hint}")
+        if not isinstance(optional, bool):
+            raise RuleError(f"optional must be true or false, got {optional!r}")
+        if freeze is not None and not isinstance(freeze, bool):
+            raise RuleError(f"freeze must be true or false, got {freeze!r}")
+        if group is not None and not isinstance(group, str):
+            raise RuleError(f"group must be a string, got {group!r}")
+        self.optional = optional
+        self.lr = check_number("lr", lr)
+        self.lr_mult = check_number("lr_mult", lr_mult)
+        self.weight_decay = check_number("weight_decay", weight_decay)
+        self.wd_mult = check_number("wd_mult", wd_mult)
+        self.freeze = freeze
+        self.group = group
+        self.options = dict(optimizer_options)
+        self.source = source
+        self.line = line
+
+    def settings(self) -> dict[str, Any]:
+        """The fields this rule sets (settings and optimizer options), without the ``None`` ones."""
+        out = {k: getattr(self, k) for k in SETTINGS if getattr(self, k) is not None}
+        out.update(self.options)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan-file form of this rule: only the fields that differ from the defaults."""
+        out: dict[str, Any] = {"match": self.match}
+        for key in ("modules", "kinds"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value[0] if len(value) == 1 else list(value)
+        if self.optional:
+            out["optional"] = True
+        out.update(self.settings())
+        return out
+
+    def where(self, index: int) -> str:
+        """``file:line: rule N`` (or ``rule N``) for error messages."""
+        loc = f"{self.source}:{self.line}: " if self.source and self.line else ""
+        return f"{loc}rule {index}"
+
+    def select(self, records: list[ParamRecord], covers: dict[str, list[int]],
+               paths: dict[str, str]) -> list[int]:
+        """Indices of the records this rule selects, in model order."""
+        if self.patterns.everything:
+            chosen = set(range(len(records)))
+        else:
+            chosen = _covered(covers, paths, self.patterns.include)
+        if self.patterns.exclude:
+            chosen -= _covered(covers, paths, self.patterns.exclude)
+        out = []
+        for idx in sorted(chosen):
+            rec = records[idx]
+            if self.modules is not None and not any(
+                fnmatchcase(cls, pat) for cls in rec.module_classes for pat in self.modules
+            ):
+                continue
+            if self.kinds is not None and not rec.kinds.intersection(self.kinds):
+                continue
+            out.append(idx)
+        return out
+
+
+def _covered(covers: dict[str, list[int]], paths: dict[str, str], patterns: list) -> set[int]:
+    found: set[int] = set()
+    for name, path in paths.items():
+        if any(p.matches(name, path) for p in patterns):
+            found.update(covers[name])
+    return found
+
+
+@dataclass
+class Assignment:
+    """The resolved settings of one parameter and the rules that produced them."""
+
+    record: ParamRecord
+    lr: float
+    weight_decay: float
+    frozen: bool
+    label: str | None
+    options: dict[str, Any]
+    rules: list[int]
+    group: int | None = None  # index of its param group, set by grouping
+
+    @property
+    def trainable(self) -> bool:
+        return not self.frozen
+
+
+@dataclass
+class Resolution:
+    """The outcome of resolving rules against a model's inventory."""
+
+    records: list[ParamRecord]
+    assignments: list[Assignment]
+    unmatched: list[int]
+    problems: list[str]
+    groups: list = field(default_factory=list)  # list[groups.Group], filled by the plan
+
+
+def closest_names(pattern: str, covers: dict[str, list[int]], n: int = 3) -> list[str]:
+    """Real parameter or module names closest to what a pattern was probably meant to say."""
+    text = pattern.lstrip("!")
+    text = text[3:] if text.startswith("re:") else text
+    return difflib.get_close_matches(text, list(covers), n=n, cutoff=0.4)
+
+
+def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float,
+            base_weight_decay: float, strict: bool = True) -> Resolution:
+    """Apply ``rules`` in order to ``records`` and return one assignment per record.
+
+    With ``strict``, a rule that matches nothing and is not optional raises
+    :class:`UnmatchedRuleError`; otherwise it is reported in ``Resolution.problems``.
+    """
+    covers = module_names(records)
+    paths = {name: to_path(name) for name in covers}
+    fields: list[dict[str, Any]] = [{} for _ in records]
+    touched: list[list[int]] = [[] for _ in records]
+    unmatched, problems = [], []
+    for i, rule in enumerate(rules):
+        selected = rule.select(records, covers, paths)
+        if not selected and not rule.optional:
+            close = closest_names(str(rule.patterns.texts[0]), covers)
+            hint = f"; closest names: {', '.join(close)}" if close else ""
+            msg = (f"{rule.where(i)}: {_describe(rule)} matches no parameter{hint} "
+                   f"(mark the rule optional: true if that is expected)")
+            if strict:
+                raise UnmatchedRuleError(msg)
+            unmatched.append(i)
+            problems.append(msg)
+        settings = rule.settings()
+        for idx in selected:
+            touched[idx].append(i)
+            fields[idx].update(settings)
+    assignments = []
+    for rec, f, rules_hit in zip(records, fields, touched):
+        lr = (f.get("lr", base_lr)) * f.get("lr_mult", 1.0)
+        wd = (f.get("weight_decay", base_weight_decay)) * f.get("wd_mult", 1.0)
+        options = {k: v for k, v in f.items() if k not in SETTINGS}
+        frozen = bool(f.get("freeze", False)) or not rec.is_float
+        assignments.append(Assignment(rec, lr, wd, frozen, f.get("group"), options, rules_hit))
+    return Resolution(records, assignments, unmatched, problems)
+
+
+def _describe(rule: Rule) -> str:
+    parts = [f"match {rule.match!r}"]
+    if rule.modules is not None:
+        parts.append(f"modules {rule.modules!r}")
+    if rule.kinds is not None:
+        parts.append(f"kinds {rule.kinds!r}")
+    return " with ".join(parts)
+
+
+def located_rule_error(exc: ParamgroupsError, rule_index: int, source: str | None = None,
+                       line: int | None = None) -> ParamgroupsError:
+    """Re-create ``exc`` (same class) with ``file:line: rule N:`` in front of its message."""
+    loc = f"{source}:{line}: " if source and line else (f"{source}: " if source else "")
+    return type(exc)(f"{loc}rule {rule_index}: {exc}")
