@@ -55,15 +55,16 @@ class Audit:
             rows = [r for r in rows if _row_matches(pats, r)]
         return Audit(self.model, self.optimizer, rows, self.groups, self.totals, self.problems)
 
-    def rows(self, depth: int | None = None) -> list[dict[str, Any]]:
-        """Table rows; with ``depth``, collapsed to modules that many segments deep."""
-        return self.parameters if depth is None else collapse(self.parameters, depth)
+    def collapse(self, depth: int) -> "Audit":
+        """The audit with parameter rows merged into modules ``depth`` segments deep."""
+        return Audit(self.model, self.optimizer, collapse(self.parameters, depth), self.groups,
+                     self.totals, self.problems)
 
-    def to_table(self, tablefmt: str = "simple", depth: int | None = None) -> str:
+    def to_table(self, tablefmt: str = "simple") -> str:
         """Parameters, then groups, then totals and problems, as tabulate tables."""
         from tabulate import tabulate
 
-        params = [[_cell(r[c], c) for c in COLUMNS] for r in self.rows(depth)]
+        params = [[_cell(r[c], c) for c in COLUMNS] for r in self.parameters]
         group_cols = ("index", "name", "params", "numel", "lr", "weight_decay", "options")
         groups = [[_cell(g[c]) for c in group_cols] for g in self.groups]
         parts = [tabulate(params, headers=COLUMNS, tablefmt=tablefmt, disable_numparse=True),
@@ -83,14 +84,14 @@ class Audit:
                 ["frozen", f"{t['frozen']:,} ({pct(t['frozen'])})"],
                 ["optimizer state", "unknown" if state is None else _bytes(state)]]
 
-    def to_markdown(self, depth: int | None = None) -> str:
-        return self.to_table("github", depth)
+    def to_markdown(self) -> str:
+        return self.to_table("github")
 
-    def to_csv(self, depth: int | None = None) -> str:
+    def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(COLUMNS)
-        for r in self.rows(depth):
+        for r in self.parameters:
             writer.writerow([_cell(r[c], c) for c in COLUMNS])
         return buf.getvalue()
 
@@ -135,22 +136,24 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         key = ".".join(r["name"].split(".")[:depth])
         m = merged.get(key)
         if m is None:
-            merged[key] = {**r, "name": key, "rules": list(r["rules"])}
+            merged[key] = {**r, "name": key, "aliases": [], "rules": list(r["rules"])}
             continue
         m["numel"] += r["numel"]
         m["rules"] = sorted(set(m["rules"]) | set(r["rules"]))
-        for col in ("shape", "module", "group", "lr", "weight_decay", "trainable"):
+        m["kinds"] = sorted(set(m["kinds"]) | set(r["kinds"]))
+        for col in ("shape", "dtype", "module", "group", "lr", "weight_decay", "trainable"):
             if m[col] != r[col]:
                 m[col] = MIXED
     return list(merged.values())
 
 
 def audit(model: nn.Module, plan: Plan | None = None,
-          optimizer: torch.optim.Optimizer | None = None, *, name: str | None = None) -> "Audit":
+          optimizer: torch.optim.Optimizer | None = None, *, name: str | None = None,
+          strict: bool = False) -> "Audit":
     """Audit ``model`` against a plan, or against an optimizer someone built by hand.
 
     With a plan, groups and settings come from resolving it (rules that match nothing are
-    reported as problems, not raised). With an optimizer, they come from its param groups,
+    reported as problems unless ``strict``). With an optimizer, they come from its param groups,
     and the audit reports trainable parameters in no group, parameters in several groups and
     frozen parameters that sit in a group.
     """
@@ -158,7 +161,7 @@ def audit(model: nn.Module, plan: Plan | None = None,
     if optimizer is not None:
         return _audit_optimizer(model, optimizer, plan, model_name)
     plan = plan or Plan()
-    res = plan.resolve(model, strict=False)
+    res = plan.resolve(model, strict=strict)
     cls = plan.optimizer_class
     params = [_param_row(a.record, a.group, a.lr, a.weight_decay, a.trainable, a.rules)
               for a in res.assignments]

@@ -1,0 +1,1 @@
+"""The paramgroups command line (installed as ``paramgroups.cli``)."""

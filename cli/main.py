@@ -1,0 +1,185 @@
+"""The ``paramgroups`` command: a thin face over the library.
+
+Bad input ends in one line on stderr and exit code 2 (``--debug`` shows the traceback); a
+``check`` that finds violations exits 1. Only click is imported at start-up, so ``--help``
+costs no torch import; each command imports the library when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any, Sequence
+
+import click
+
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+class Violations(Exception):
+    """Raised by ``check`` to exit 1 after printing its report."""
+
+
+def _plan(rules: str | None, overrides: dict[str, Any]):
+    """The plan from ``--rules`` (or an empty one) with command-line overrides applied."""
+    from paramgroups.config import Locations, read_plan_file
+    from paramgroups.plan import Plan
+
+    data, loc = read_plan_file(rules) if rules else ({}, Locations(None))
+    if data is None:
+        data = {}
+    if isinstance(data, dict):
+        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    return Plan.from_dict(data, locations=loc)
+
+
+def _model(spec: str, num_classes: int | None, device: str):
+    from paramgroups.models import build_model
+
+    return build_model(spec, num_classes=num_classes, device=device)
+
+
+def _plan_options(f):
+    f = click.option("--rules", "rules", type=click.Path(dir_okay=True), default=None,
+                     help="Plan file (YAML, TOML or JSON).")(f)
+    f = click.option("--lr", type=float, default=None, help="Base learning rate (overrides the plan).")(f)
+    f = click.option("--weight-decay", type=float, default=None,
+                     help="Default weight decay (overrides the plan).")(f)
+    f = click.option("--optimizer", default=None, help="Optimizer: sgd, adamw, timm:lamb, pkg.mod:Class.")(f)
+    f = click.option("--num-classes", type=click.IntRange(min=1), default=None,
+                     help="Build the model with this many classes.")(f)
+    f = click.option("--device", default="meta", show_default=True,
+                     help="Device to build the model on (meta allocates nothing).")(f)
+    return f
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="paramgroups", prog_name="paramgroups")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """Declarative optimizer param groups, freezing and audits for PyTorch models."""
+
+
+@cli.command()
+@click.argument("model")
+@_plan_options
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--tablefmt", default="simple", show_default=True, help="Any tabulate table format.")
+@click.option("--only", type=click.Choice(("trainable", "frozen")), default=None,
+              help="Show only trainable or only frozen parameters.")
+@click.option("--match", "match", default=None, help="Show only parameters a pattern selects.")
+@click.option("--depth", type=click.IntRange(min=1), default=None,
+              help="Collapse rows to modules N segments deep.")
+def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float | None,
+            optimizer: str | None, num_classes: int | None, device: str, fmt: str,
+            tablefmt: str, only: str | None, match: str | None, depth: int | None) -> None:
+    """Audit MODEL: every parameter with its group, lr, weight decay and trainable flag.
+
+    MODEL is a torchvision or timm name (resnet18, timm:vit_base_patch16_224,
+    torchvision:resnet50), a factory package.module:function, or a checkpoint file
+    (.pt, .pth, .safetensors).
+    """
+    from tabulate import tabulate_formats
+
+    from paramgroups.report import audit
+
+    if tablefmt not in tabulate_formats:
+        raise click.BadParameter(f"unknown table format {tablefmt!r} (one of: {', '.join(tabulate_formats)})",
+                                 param_hint="'--tablefmt'")
+    plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
+    report = audit(_model(model, num_classes, device), plan, name=model, strict=True)
+    report = report.select(only=only, match=match)
+    if depth is not None:
+        report = report.collapse(depth)
+    out = {"table": lambda: report.to_table(tablefmt), "json": report.to_json,
+           "csv": report.to_csv, "markdown": report.to_markdown}[fmt]()
+    click.echo(out.rstrip("\n"))
+
+
+@cli.command()
+@click.argument("model")
+@_plan_options
+@click.option("--expect-frozen", multiple=True, metavar="PATTERN",
+              help="Every parameter the pattern selects must be frozen (repeatable).")
+@click.option("--expect-trainable", multiple=True, metavar="PATTERN",
+              help="Every parameter the pattern selects must be trainable (repeatable).")
+def check(model: str, rules: str | None, lr: float | None, weight_decay: float | None,
+          optimizer: str | None, num_classes: int | None, device: str,
+          expect_frozen: Sequence[str], expect_trainable: Sequence[str]) -> None:
+    """Exit 0 if the plan is clean and every expectation holds, else 1 with one line each."""
+    from paramgroups.patterns import PatternList
+    from paramgroups.report import audit
+
+    plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
+    expectations = [(p, PatternList(p), False) for p in expect_frozen]
+    expectations += [(p, PatternList(p), True) for p in expect_trainable]
+    report = audit(_model(model, num_classes, device), plan, name=model)
+    violations = list(report.problems)
+    for text, _, want in expectations:
+        rows = report.select(match=text).parameters
+        if not rows:
+            violations.append(f"expectation {text!r} selects no parameter")
+        for r in rows:
+            if r["trainable"] != want:
+                state = "trainable" if r["trainable"] else "frozen"
+                violations.append(f"{r['name']} is {state}, expected {'trainable' if want else 'frozen'} "
+                                  f"(by {text!r})")
+    for line in violations:
+        click.echo(f"violation: {line}")
+    if violations:
+        raise Violations()
+    t = report.totals
+    click.echo(f"ok: {t['params']} parameters in {len(report.groups)} groups, "
+               f"{t['frozen']:,} of {t['numel']:,} elements frozen, "
+               f"{len(expectations)} expectation(s) hold")
+
+
+@cli.command()
+@click.argument("text", required=False)
+def models(text: str | None) -> None:
+    """List the model names `inspect` can build, filtered by TEXT."""
+    from paramgroups.models import list_models
+
+    for name in list_models(text):
+        click.echo(name)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code instead of raising ``SystemExit``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="paramgroups", standalone_mode=False)
+    except Violations:
+        return EXIT_VIOLATION
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("paramgroups: aborted", err=True)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"paramgroups: error: {_one_line(exc.format_message())}", err=True)
+        return EXIT_USAGE
+    except Exception as exc:
+        from paramgroups.errors import ParamgroupsError
+
+        if debug:
+            traceback.print_exc()
+        if isinstance(exc, ParamgroupsError):
+            click.echo(f"paramgroups: error: {_one_line(str(exc))}", err=True)
+            return EXIT_USAGE
+        click.echo(f"paramgroups: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+                   f"(this is a bug; --debug shows the traceback)", err=True)
+        return EXIT_INTERNAL
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
