@@ -91,7 +91,8 @@ def parse_plan_text(text: str, kind: str, source: str) -> tuple[Any, Locations]:
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            line = getattr(exc, "lineno", None)
+            found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+            line = getattr(exc, "lineno", None) or (found and found.group(1))
             raise ConfigError(f"{source}{f':{line}' if line else ''}: malformed TOML: {exc}") from None
         return data, Locations(source, _toml_lines(text))
     if kind == "json":
