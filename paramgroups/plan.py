@@ -23,6 +23,7 @@ from .inventory import inventory
 from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, resolve
 
 PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer")
+PLAN_TAG = "_paramgroups_plan"  # set on optimizers Plan.optimizer builds, read by audit()
 
 
 class Plan:
@@ -194,9 +195,11 @@ class Plan:
         if optim.takes(cls, "weight_decay"):
             defaults["weight_decay"] = self.weight_decay
         try:
-            return cls(self._torch_groups(res), **defaults)
+            opt = cls(self._torch_groups(res), **defaults)
         except (ValueError, TypeError) as exc:
             raise OptimizerError(f"optimizer {cls.__name__} rejected the plan's settings: {exc}") from None
+        setattr(opt, PLAN_TAG, self)  # lets audit() tell a plan-built optimizer from a hand-built one
+        return opt
 
 
 class _Located(Exception):

@@ -19,7 +19,7 @@ from torch import nn
 from . import optim
 from .inventory import inventory
 from .patterns import PatternList, to_path
-from .plan import Plan
+from .plan import PLAN_TAG, Plan
 
 COLUMNS = ("name", "shape", "numel", "module", "group", "lr", "weight_decay", "trainable", "rules")
 MIXED = "mixed"
@@ -186,6 +186,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         res = plan.resolve(model, strict=False)
         rules_of = {a.record.index: a.rules for a in res.assignments}
     params, problems = [], []
+    # A plan keeps frozen parameters in their groups on purpose (stages thaw them later).
+    from_plan = plan is not None or getattr(opt, PLAN_TAG, None) is not None
     for rec in records:
         gis = where.get(id(rec.param), [])
         g = opt.param_groups[gis[0]] if gis else None
@@ -197,7 +199,7 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
             problems.append(f"{rec.name} is in {len(gis)} param groups ({', '.join(map(str, gis))})")
         elif not gis and trainable:
             problems.append(f"{rec.name} is trainable but in no param group: it will never update")
-        elif gis and not trainable:
+        elif gis and not trainable and not from_plan:
             problems.append(f"{rec.name} is frozen (requires_grad=False) but sits in group {gis[0]}")
     known = {id(r.param) for r in records}
     for gi, g in enumerate(opt.param_groups):

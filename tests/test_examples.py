@@ -1,0 +1,75 @@
+"""The examples run end to end and their plans build the groups they claim."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from paramgroups.report import COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+FINETUNE = ROOT / "examples" / "finetune_resnet18.py"
+
+
+def _resnet18() -> nn.Module:
+    return torchvision.models.resnet18(weights=None, num_classes=10)
+
+
+def _expected(name: str, model: nn.Module) -> tuple[float, float, bool]:
+    """(lr, weight_decay, frozen) that the example's plan should give parameter ``name``."""
+    module = model.get_submodule(name.rpartition(".")[0])
+    no_decay = name.endswith(".bias") or isinstance(module, nn.BatchNorm2d)
+    return (1e-2 if name.startswith("fc.") else 1e-3, 0.0 if no_decay else 1e-4,
+            name.startswith(("conv1.", "bn1.")))
+
+
+def test_finetune_resnet18_runs():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(FINETUNE), "--steps", "2", "--batch-size", "4",
+                           "--image-size", "32"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = [line.split() for line in lines]
+    assert list(COLUMNS) in rows  # the audit's header row
+    model = _resnet18()
+    conv1, fc = model.conv1.weight, model.fc.weight
+    assert ["conv1.weight", "x".join(map(str, conv1.shape)), str(conv1.numel()), "Conv2d",
+            "0", "0.001", "0.0001", "no", "0"] in rows
+    assert ["fc.weight", "x".join(map(str, fc.shape)), str(fc.numel()), "Linear",
+            "4", "0.01", "0.0001", "yes", "2"] in rows
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [s.split("  loss ")[0] for s in steps] == ["step 1/2", "step 2/2"]
+    assert "stem (conv1, bn1) unchanged: yes" in lines
+    assert "classifier (fc) changed: yes" in lines
+
+
+def test_finetune_resnet18_plan_groups():
+    make_plan = runpy.run_path(str(FINETUNE), run_name="finetune_resnet18")["make_plan"]
+    model = _resnet18()
+    optimizer = make_plan().optimizer(model)
+
+    expected: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():  # groups come in first-parameter order
+        expected.setdefault(_expected(name, model), []).append(param)
+    want = [(f"lr={lr:g} wd={wd:g}" + (" frozen" if frozen else ""), lr, wd, len(params))
+            for (lr, wd, frozen), params in expected.items()]
+    got = [(g["name"], g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups]
+    assert got == want
+    assert want == [("lr=0.001 wd=0.0001 frozen", 1e-3, 1e-4, 1), ("lr=0.001 wd=0 frozen", 1e-3, 0.0, 2),
+                    ("lr=0.001 wd=0.0001", 1e-3, 1e-4, 19), ("lr=0.001 wd=0", 1e-3, 0.0, 38),
+                    ("lr=0.01 wd=0.0001", 1e-2, 1e-4, 1), ("lr=0.01 wd=0", 1e-2, 0.0, 1)]
+    for group, params in zip(optimizer.param_groups, expected.values()):
+        assert [id(p) for p in group["params"]] == [id(p) for p in params]
+        assert group["momentum"] == 0.9
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert model.conv1.weight.requires_grad is False
+    assert not model.bn1.weight.requires_grad and not model.bn1.bias.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith(("conv1.", "bn1.")))
