@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of raising ``SystemExit``."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    if debug:  # accepted anywhere on the line, not only before the command
+        args = ["--debug", *[a for a in args if a != "--debug"]]
     try:
         cli.main(args=args, prog_name="paramgroups", standalone_mode=False)
     except Violations:

@@ -25,6 +25,21 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``), as users expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
 class Locations:
     """Line numbers (1-based) of keys and list items in a plan file."""
 
@@ -103,10 +118,10 @@ def parse_plan_text(text: str, kind: str, source: str) -> tuple[Any, Locations]:
         except RecursionError:
             raise ConfigError(f"{source}: malformed JSON: nested too deeply") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_Loader)
         lines = _yaml_lines(node)
         if kind == "yaml":
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
     except yaml.YAMLError as exc:
         if kind == "json":  # JSON that YAML cannot compose: keep the data, lose the lines
             return data, Locations(source)

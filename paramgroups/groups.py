@@ -40,7 +40,7 @@ class Group:
 
 
 def _key(a: Assignment) -> tuple:
-    return (a.label, a.lr, a.weight_decay, a.frozen, repr(sorted(a.options.items())))
+    return (a.label, a.layer, a.lr, a.weight_decay, a.frozen, repr(sorted(a.options.items())))
 
 
 def _fmt(x: float) -> str:
@@ -52,7 +52,8 @@ def group_name(a: Assignment) -> str:
     if a.label:
         name = a.label
     else:
-        name = f"lr={_fmt(a.lr)} wd={_fmt(a.weight_decay)}"
+        name = "" if a.layer is None else f"layer{a.layer} "
+        name += f"lr={_fmt(a.lr)} wd={_fmt(a.weight_decay)}"
         name += "".join(f" {k}={v}" for k, v in sorted(a.options.items()))
     return name + (" frozen" if a.frozen else "")
 

@@ -184,13 +184,20 @@ def _torch_load(path: Path) -> dict[str, Any]:
     except PermissionError:
         raise ModelError(f"{path}: permission denied") from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unpickling failed"
-        raise ModelError(f"{path}: refused to load: it is not a plain tensor checkpoint and "
-                         f"paramgroups never executes code from one ({first})") from None
+        if "weights only" not in str(exc).lower():  # plain corruption, not a refused pickle
+            raise ModelError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: refused to load: it holds objects other than tensors and "
+                         f"plain containers, and paramgroups never executes code from a "
+                         f"checkpoint (save a state_dict, or use safetensors)") from None
     except Exception as exc:  # zip, EOF and runtime errors of a corrupt file
         raise ModelError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'corrupt'})") from None
+                         f"{_first_line(exc)})") from None
     return _find_state_dict(obj, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "corrupt"
 
 
 def _find_state_dict(obj: Any, path: Path) -> dict[str, Any]:

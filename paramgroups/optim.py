@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -114,6 +115,33 @@ def check_option(cls: type, option: str) -> None:
         raise OptimizerError(f"optimizer {cls.__name__} does not take option {option!r}{hint}")
 
 
+def check_option_value(cls: type, option: str, value: Any) -> Any:
+    """Check ``value`` against the type of the option's default; lists become tuples.
+
+    Numbers must be finite and >= 0 (every torch.optim hyperparameter is), flags booleans,
+    and tuples (``betas``) same-length sequences of numbers.
+    """
+    default = accepted_options(cls)[0].get(option)
+    where = f"option {option!r} of {cls.__name__}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise OptimizerError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, (int, float)):
+        if not _is_number(value) or value < 0:
+            raise OptimizerError(f"{where} must be a finite number >= 0, got {value!r}")
+    elif isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or len(value) != len(default) or not all(
+                _is_number(v) for v in value):
+            raise OptimizerError(f"{where} must be {len(default)} numbers like {default}, got {value!r}")
+        return tuple(value)
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and math.isfinite(value))
+
+
 def default_lr(cls: type) -> float:
     """The optimizer's own default learning rate; an error if it has none."""
     options, _ = accepted_options(cls)
@@ -133,3 +161,19 @@ def state_multiplier(cls: type, options: dict[str, Any]) -> int | None:
             merged.update(options)
             return fn(merged)
     return None
+
+
+def implementation(cls: type, options: dict[str, Any], records: list) -> dict[str, bool]:
+    """``fused=True`` on CUDA where ``cls`` has a fused kernel, else ``foreach=True``.
+
+    Nothing is chosen when the plan sets ``fused`` or ``foreach`` itself, or for parameters
+    on other devices (meta, MPS, ...), where torch's own default stands.
+    """
+    if "fused" in options or "foreach" in options:
+        return {}
+    devices = {r.device.type for r in records if r.is_float}
+    if devices == {"cuda"} and takes(cls, "fused") and "fused" in accepted_options(cls)[0]:
+        return {"fused": True}
+    if devices <= {"cuda", "cpu"} and devices and "foreach" in accepted_options(cls)[0]:
+        return {"foreach": True}
+    return {}

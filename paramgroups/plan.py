@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -20,9 +20,13 @@ from .config import Locations, read_plan_file
 from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, RuleError
 from .groups import build_groups
 from .inventory import inventory
+from .layers import layer_ids, layer_scales
+from .schedules import Schedule
 from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, resolve
 
-PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer")
+PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer", "schedule", "layer_decay", "layers",
+               "no_decay")
+NO_DECAY_KINDS = ["bias", "norm", "ndim<=1", "embedding"]
 PLAN_TAG = "_paramgroups_plan"  # set on optimizers Plan.optimizer builds, read by audit()
 
 
@@ -30,18 +34,38 @@ class Plan:
     """Rules, plan-wide defaults and the optimizer they are meant for.
 
     ``lr=None`` means the optimizer's own default. ``weight_decay`` is the default for every
-    parameter no rule gives one. Extra keyword arguments are options of the optimizer
-    (``momentum=0.9``, ``betas=(0.9, 0.95)``), validated against its constructor.
+    parameter no rule gives one. ``schedule`` is a :class:`Schedule` (or its dict form).
+    ``layer_decay`` scales each parameter's LR by ``decay ** (max_layer - layer)`` with layer
+    ids from ``layers`` (see :mod:`paramgroups.layers`). ``no_decay=True`` adds a last rule
+    that sets weight decay 0 on biases, norms, 1-d parameters and embeddings. Extra keyword
+    arguments are options of the optimizer (``momentum=0.9``), validated against it.
     """
 
     def __init__(self, rules: Iterable[Rule | Mapping[str, Any]] = (), *, lr: float | None = None,
                  weight_decay: float = 0.0, optimizer: str | type = "sgd",
-                 **optimizer_options: Any):
-        self._init(rules, lr, weight_decay, optimizer, optimizer_options, Locations(None))
+                 schedule: Schedule | Mapping[str, Any] | str | None = None,
+                 layer_decay: float | None = None, layers: str | Sequence[Any] | None = None,
+                 no_decay: bool = False, **optimizer_options: Any):
+        extras = {"schedule": schedule, "layer_decay": layer_decay, "layers": layers,
+                  "no_decay": no_decay}
+        self._init(rules, lr, weight_decay, optimizer, optimizer_options, Locations(None), extras)
 
     def _init(self, rules: Iterable[Any], lr: Any, weight_decay: Any, optimizer: Any,
-              options: dict[str, Any], loc: Locations) -> None:
+              options: dict[str, Any], loc: Locations, extras: dict[str, Any]) -> None:
         self._loc = loc
+        with _located(loc, "schedule"):
+            sched = extras.get("schedule")
+            self.schedule = sched if isinstance(sched, Schedule) or sched is None else Schedule.from_dict(sched)
+        with _located(loc, "layer_decay"):
+            self.layer_decay = check_number("layer_decay", extras.get("layer_decay"), PlanError)
+        with _located(loc, "layers"):
+            self.layers = extras.get("layers")
+            if self.layers is not None and self.layer_decay is None:
+                raise PlanError("layers is set but layer_decay is not: give layer_decay too")
+        with _located(loc, "no_decay"):
+            self.no_decay = extras.get("no_decay", False)
+            if not isinstance(self.no_decay, bool):
+                raise PlanError(f"no_decay must be true or false, got {self.no_decay!r}")
         self.optimizer_spec = optimizer
         with _located(loc, "optimizer"):
             self.optimizer_class = optim.optimizer_class(optimizer)
@@ -51,10 +75,11 @@ class Plan:
             if weight_decay is None:
                 raise PlanError("weight_decay must be a number, got None")
             self.weight_decay = check_number("weight_decay", weight_decay, PlanError)
-        for key in options:
+        self.optimizer_options = {}
+        for key, value in options.items():
             with _located(loc, key):
                 self._check_plan_option(key)
-        self.optimizer_options = dict(options)
+                self.optimizer_options[key] = optim.check_option_value(self.optimizer_class, key, value)
         self.rules = [self._rule(i, r) for i, r in enumerate(rules)]
 
     # -- construction --------------------------------------------------------------------
@@ -65,8 +90,7 @@ class Plan:
         if key == "params":
             raise PlanError("'params' is not a plan field: the plan finds the parameters itself")
         if not optim.takes(self.optimizer_class, key):
-            valid = [*PLAN_FIELDS, *optim.accepted_options(self.optimizer_class)[0]]
-            raise OptimizerError(_unknown(key, valid, self.optimizer_class))
+            raise OptimizerError(_unknown(key, PLAN_FIELDS, self.optimizer_class))
 
     def _rule(self, index: int, rule: Rule | Mapping[str, Any]) -> Rule:
         line = self._loc.line("rules", index)
@@ -77,8 +101,9 @@ class Plan:
                 built = self._rule_from_mapping(index, rule)
             else:
                 raise RuleError(f"a rule must be a mapping of fields, got {rule!r}")
-            for key in built.options:
+            for key, value in built.options.items():
                 self._check_rule_option(key)
+                built.options[key] = optim.check_option_value(self.optimizer_class, key, value)
             return built
         except _Located as exc:
             raise exc.error from None
@@ -89,8 +114,7 @@ class Plan:
         if not isinstance(key, str):
             raise RuleError(f"rule keys must be strings, got {key!r}")
         if key not in RULE_FIELDS and not optim.takes(self.optimizer_class, key):
-            valid = [*RULE_FIELDS, *optim.accepted_options(self.optimizer_class)[0]]
-            raise RuleError(_unknown(key, valid, self.optimizer_class))
+            raise RuleError(_unknown(key, RULE_FIELDS, self.optimizer_class))
 
     def _rule_from_mapping(self, index: int, data: Mapping[str, Any]) -> Rule:
         for key in data:
@@ -115,8 +139,9 @@ class Plan:
         if not isinstance(rules, list):
             raise ConfigError(f"{loc.prefix('rules')}rules must be a list of rules, got {type(rules).__name__}")
         plan = cls.__new__(cls)
+        extras = {k: fields.pop(k) for k in ("schedule", "layer_decay", "layers", "no_decay") if k in fields}
         plan._init(rules, fields.pop("lr", None), fields.pop("weight_decay", 0.0),
-                   fields.pop("optimizer", "sgd"), fields, loc)
+                   fields.pop("optimizer", "sgd"), fields, loc, extras)
         return plan
 
     @classmethod
@@ -137,6 +162,14 @@ class Plan:
             out["lr"] = self.lr
         out["weight_decay"] = self.weight_decay
         out.update(self.optimizer_options)
+        if self.schedule is not None:
+            out["schedule"] = self.schedule.to_dict()
+        if self.layer_decay is not None:
+            out["layer_decay"] = self.layer_decay
+        if self.layers is not None:
+            out["layers"] = self.layers
+        if self.no_decay:
+            out["no_decay"] = True
         out["rules"] = [r.to_dict() for r in self.rules]
         return out
 
@@ -153,10 +186,22 @@ class Plan:
         """The plan's lr, or the optimizer's own default when the plan leaves it unset."""
         return self.lr if self.lr is not None else optim.default_lr(self.optimizer_class)
 
+    @property
+    def all_rules(self) -> list[Rule]:
+        """The rules, plus the ``no_decay`` shorthand's rule last when it is on."""
+        if not self.no_decay:
+            return list(self.rules)
+        return [*self.rules, Rule(kinds=NO_DECAY_KINDS, weight_decay=0.0, optional=True)]
+
     def resolve(self, model: nn.Module, *, strict: bool = True) -> Resolution:
         """Resolve the rules against ``model``: assignments, groups and problems."""
-        res = resolve(inventory(model), self.rules, base_lr=self.base_lr,
-                      base_weight_decay=self.weight_decay, strict=strict)
+        records = inventory(model)
+        layers = scales = None
+        if self.layer_decay is not None:
+            layers = layer_ids(model, records, self.layers)
+            scales = layer_scales(layers, self.layer_decay)
+        res = resolve(records, self.all_rules, base_lr=self.base_lr,
+                      base_weight_decay=self.weight_decay, strict=strict, layers=layers, scales=scales)
         res.groups = build_groups(res.assignments)
         if not optim.takes(self.optimizer_class, "weight_decay"):
             wd = sorted({g.weight_decay for g in res.groups if g.weight_decay})
@@ -183,7 +228,14 @@ class Plan:
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Apply the freeze masks and build the optimizer from the plan's groups."""
-        res = self.apply(model)
+        return self.build_optimizer(self.apply(model))
+
+    def build_optimizer(self, res: Resolution) -> torch.optim.Optimizer:
+        """The optimizer for a resolution (no freeze masks applied); errors say why not.
+
+        On CUDA parameters it uses the fused implementation where the optimizer has one, else
+        foreach; on the CPU, foreach. ``fused``/``foreach`` in the plan override both.
+        """
         cls = self.optimizer_class
         if not any(not a.frozen for a in res.assignments):
             raise PlanError("the plan freezes every parameter: nothing would train "
@@ -194,9 +246,10 @@ class Plan:
         defaults = dict(self.optimizer_options, lr=self.base_lr)
         if optim.takes(cls, "weight_decay"):
             defaults["weight_decay"] = self.weight_decay
+        defaults.update(optim.implementation(cls, self.optimizer_options, res.records))
         try:
             opt = cls(self._torch_groups(res), **defaults)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RuntimeError) as exc:
             raise OptimizerError(f"optimizer {cls.__name__} rejected the plan's settings: {exc}") from None
         setattr(opt, PLAN_TAG, self)  # lets audit() tell a plan-built optimizer from a hand-built one
         return opt
@@ -225,7 +278,9 @@ def _single_group(cls: type) -> bool:
     return issubclass(cls, torch.optim.LBFGS)
 
 
-def _unknown(key: str, valid: list[str], cls: type) -> str:
+def _unknown(key: str, fields: Sequence[str], cls: type) -> str:
+    """An unknown key, with the closest of the plan's own fields and the optimizer's options."""
+    valid = list(dict.fromkeys([*fields, *optim.accepted_options(cls)[0]]))
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
     return f"unknown field {key!r} (not a plan field nor an option of {cls.__name__}; {hint})"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import optim
+from .errors import ParamgroupsError
 from .inventory import inventory
 from .patterns import PatternList, to_path
 from .plan import PLAN_TAG, Plan
@@ -162,6 +163,11 @@ def audit(model: nn.Module, plan: Plan | None = None,
         return _audit_optimizer(model, optimizer, plan, model_name)
     plan = plan or Plan()
     res = plan.resolve(model, strict=strict)
+    problems = list(res.problems)
+    try:
+        plan.build_optimizer(res)
+    except ParamgroupsError as exc:  # a plan whose optimizer cannot be built is not clean
+        problems.append(str(exc))
     cls = plan.optimizer_class
     params = [_param_row(a.record, a.group, a.lr, a.weight_decay, a.trainable, a.rules)
               for a in res.assignments]
@@ -170,8 +176,7 @@ def audit(model: nn.Module, plan: Plan | None = None,
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
     state = _state_bytes(cls, [([a.record for a in g.members if a.trainable], m)
                                for g, m in zip(res.groups, merged)])
-    return Audit(model_name, cls.__name__, params, groups,
-                 _totals(params, state), list(res.problems))
+    return Audit(model_name, cls.__name__, params, groups, _totals(params, state), problems)
 
 
 def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | None,

@@ -162,6 +162,8 @@ class Assignment:
     options: dict[str, Any]
     rules: list[int]
     group: int | None = None  # index of its param group, set by grouping
+    layer: int | None = None  # layer id under layer-wise LR decay
+    lr_scale: float = 1.0     # the layer-decay scale already folded into ``lr``
 
     @property
     def trainable(self) -> bool:
@@ -187,8 +189,11 @@ def closest_names(pattern: str, covers: dict[str, list[int]], n: int = 3) -> lis
 
 
 def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float,
-            base_weight_decay: float, strict: bool = True) -> Resolution:
+            base_weight_decay: float, strict: bool = True,
+            layers: list[int] | None = None, scales: list[float] | None = None) -> Resolution:
     """Apply ``rules`` in order to ``records`` and return one assignment per record.
+
+    ``layers``/``scales`` (one per record) apply layer-wise LR decay on top of the cascade.
 
     With ``strict``, a rule that matches nothing and is not optional raises
     :class:`UnmatchedRuleError`; otherwise it is reported in ``Resolution.problems``.
@@ -214,12 +219,15 @@ def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float
             touched[idx].append(i)
             fields[idx].update(settings)
     assignments = []
-    for rec, f, rules_hit in zip(records, fields, touched):
-        lr = (f.get("lr", base_lr)) * f.get("lr_mult", 1.0)
-        wd = (f.get("weight_decay", base_weight_decay)) * f.get("wd_mult", 1.0)
+    for i, (rec, f, rules_hit) in enumerate(zip(records, fields, touched)):
+        scale = scales[i] if scales is not None else 1.0
+        lr = f.get("lr", base_lr) * f.get("lr_mult", 1.0) * scale
+        wd = f.get("weight_decay", base_weight_decay) * f.get("wd_mult", 1.0)
         options = {k: v for k, v in f.items() if k not in SETTINGS}
         frozen = bool(f.get("freeze", False)) or not rec.is_float
-        assignments.append(Assignment(rec, lr, wd, frozen, f.get("group"), options, rules_hit))
+        assignments.append(Assignment(rec, lr, wd, frozen, f.get("group"), options, rules_hit,
+                                      layer=layers[i] if layers is not None else None,
+                                      lr_scale=scale))
     return Resolution(records, assignments, unmatched, problems)
 
 

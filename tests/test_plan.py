@@ -266,3 +266,43 @@ def test_plan_file_missing_directory_and_binary(tmp_path):
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00lr")
     with pytest.raises(ConfigError, match="not UTF-8"):
         Plan.load(tmp_path / "bin.yaml")
+
+
+@pytest.mark.parametrize("plan_kwargs,rule_kwargs,message", [
+    ({"optimizer": "sgd", "momentum": "x"}, None, "option 'momentum' of SGD must be a finite number >= 0, got 'x'"),
+    ({"optimizer": "sgd", "nesterov": 1}, None, "option 'nesterov' of SGD must be true or false"),
+    ({"optimizer": "adam", "betas": [0.9]}, None, "option 'betas' of Adam must be 2 numbers"),
+    ({"optimizer": "sgd"}, {"momentum": -0.5}, "rule 0: option 'momentum' of SGD must be a finite number >= 0"),
+    ({"optimizer": "sgd"}, {"momentum": float("nan")}, "must be a finite number"),
+])
+def test_optimizer_option_values_are_checked(plan_kwargs, rule_kwargs, message):
+    rules = [Rule("**", **rule_kwargs)] if rule_kwargs else []
+    with pytest.raises(ParamgroupsError) as exc:
+        Plan(rules, **plan_kwargs)
+    assert message in str(exc.value)
+
+
+def test_list_betas_from_files_become_tuples(toy):
+    opt = Plan.from_dict({"optimizer": "adamw", "betas": [0.9, 0.95],
+                          "rules": [{"match": "head", "betas": [0.8, 0.9]}]}).optimizer(toy)
+    assert [g["betas"] for g in opt.param_groups] == [(0.9, 0.95), (0.8, 0.9)]
+
+
+def test_cpu_parameters_get_foreach_unless_the_plan_says(toy):
+    assert Plan(optimizer="adamw").optimizer(toy).defaults["foreach"] is True
+    assert Plan(optimizer="adamw", foreach=False).optimizer(toy).defaults["foreach"] is False
+    assert Plan(optimizer="lbfgs").optimizer(toy).defaults.get("foreach") is None
+
+
+@pytest.mark.cuda
+def test_cuda_parameters_get_fused(toy):
+    toy.cuda()
+    opt = Plan(optimizer="adamw").optimizer(toy)
+    assert opt.defaults["fused"] is True
+    assert Plan(optimizer="rmsprop").optimizer(toy).defaults["foreach"] is True
+
+
+def test_yaml_reads_scientific_notation(tmp_path):
+    (tmp_path / "p.yaml").write_text("lr: 3e-4\nweight_decay: 5E-2\nrules:\n  - match: fc\n    lr: 1e-3\n")
+    plan = Plan.load(tmp_path / "p.yaml")
+    assert (plan.lr, plan.weight_decay, plan.rules[0].lr) == (3e-4, 5e-2, 1e-3)

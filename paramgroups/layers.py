@@ -1,0 +1,107 @@
+"""Layer ids for layer-wise learning-rate decay: ``lr_scale = decay ** (max_id - id)``.
+
+Ids come from one of three sources:
+
+- timm's ``model.group_matcher()`` (when no ``layers`` is given), exactly as timm's
+  ``param_groups_layer_decay`` computes them, so every LR equals timm's;
+- a pattern with a numbered slot, ``blocks.{i}``, with BEiT's convention: parameters before
+  the first block get 0, block i gets i + 1, everything after the last block the last id;
+- an ordered list of patterns, one id each in order; a parameter no pattern selects gets
+  the last id (as timm treats names its matcher misses).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from torch import nn
+
+from .errors import PlanError
+from .inventory import ParamRecord, module_names, unwrap
+from .patterns import to_path
+from .rules import Rule
+
+
+def _slot_regex(pattern: str) -> re.Pattern[str]:
+    """``blocks.{i}`` -> a regex capturing the block number; ``*`` and ``**`` allowed."""
+    if pattern.count("{i}") != 1:
+        raise PlanError(f"layers pattern {pattern!r} needs exactly one {{i}} slot")
+    out = []
+    for piece in re.split(r"(\{i\}|\*\*|\*)", pattern):
+        out.append({"{i}": r"(\d+)", "**": r".*", "*": r"[^.]*"}.get(piece, re.escape(piece)))
+    return re.compile("".join(out))
+
+
+def _slot_ids(records: list[ParamRecord], pattern: str) -> list[int]:
+    regex = _slot_regex(pattern)
+    found: list[int | None] = []
+    for rec in records:
+        parts = rec.name.split(".")
+        block = None
+        for depth in range(1, len(parts) + 1):
+            m = regex.fullmatch(".".join(parts[:depth]))
+            if m:
+                block = int(m.group(1))
+                break
+        found.append(block)
+    blocks = [b for b in found if b is not None]
+    if not blocks:
+        raise PlanError(f"layers pattern {pattern!r} matches no module of the model")
+    last = max(blocks) + 2
+    ids, seen_block = [], False
+    for block in found:
+        if block is not None:
+            seen_block = True
+            ids.append(block + 1)
+        else:
+            ids.append(last if seen_block else 0)
+    return ids
+
+
+def _list_ids(records: list[ParamRecord], patterns: Sequence[str | Sequence[str]]) -> list[int]:
+    covers = module_names(records)
+    paths = {n: to_path(n) for n in covers}
+    ids = [len(patterns) - 1] * len(records)
+    assigned = [False] * len(records)
+    for layer, pattern in enumerate(patterns):
+        hit = Rule(pattern).select(records, covers, paths)
+        if not hit:
+            raise PlanError(f"layers[{layer}] {pattern!r} matches no parameter")
+        for i in hit:
+            if not assigned[i]:
+                ids[i], assigned[i] = layer, True
+    return ids
+
+
+def _timm_ids(model: nn.Module, records: list[ParamRecord]) -> list[int]:
+    inner = unwrap(model)
+    if not callable(getattr(inner, "group_matcher", None)):
+        raise PlanError("layer_decay needs layers (a pattern such as 'blocks.{i}' or a list of "
+                        f"patterns), or a timm model with group_matcher(); {type(inner).__name__} has none")
+    from timm.models import group_parameters
+
+    layer_map = group_parameters(inner, inner.group_matcher(coarse=False), reverse=True)
+    layer_max = max(layer_map.values())
+    return [layer_map.get(rec.name, layer_max) for rec in records]
+
+
+def layer_ids(model: nn.Module, records: list[ParamRecord],
+              layers: str | Sequence[str | Sequence[str]] | None) -> list[int]:
+    """One layer id per record, from ``layers`` or, when it is None, from timm's matcher."""
+    if layers is None:
+        return _timm_ids(model, records)
+    if isinstance(layers, str):
+        if "{i}" in layers:
+            return _slot_ids(records, layers)
+        return _list_ids(records, [layers])
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise PlanError(f"layers must be a pattern with {{i}} or a non-empty list of patterns, got {layers!r}")
+    return _list_ids(records, layers)
+
+
+def layer_scales(ids: list[int], decay: float) -> list[float]:
+    """``decay ** (max_id - id)`` per id, computed as timm does."""
+    top = max(ids)
+    scales = [decay ** (top - i) for i in range(top + 1)]
+    return [scales[i] for i in ids]
