@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,6 +22,9 @@ from .groups import build_groups
 from .inventory import inventory
 from .layers import layer_ids, layer_scales
 from .schedules import Schedule
+
+if TYPE_CHECKING:
+    from .scheduler import PlanScheduler
 from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, resolve
 
 PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer", "schedule", "layer_decay", "layers",
@@ -253,6 +256,25 @@ class Plan:
             raise OptimizerError(f"optimizer {cls.__name__} rejected the plan's settings: {exc}") from None
         setattr(opt, PLAN_TAG, self)  # lets audit() tell a plan-built optimizer from a hand-built one
         return opt
+
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None
+                  ) -> "PlanScheduler":
+        """The LR scheduler for ``optimizer`` (built by this plan): a torch ``LRScheduler``.
+
+        Call its ``step()`` once per epoch, or once per iteration when ``steps_per_epoch`` is
+        given or the schedule counts steps. A plan without a schedule keeps LRs constant.
+        """
+        from .scheduler import PlanScheduler
+
+        return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
+                             steps_per_epoch=steps_per_epoch)
+
+    def factor_at(self, epoch: float, steps_per_epoch: int | None = None) -> float:
+        """The schedule's LR factor at the first step of ``epoch`` (plateau: no reductions)."""
+        schedule = self.schedule or Schedule()
+        spe = steps_per_epoch if schedule.unit == "epoch" and steps_per_epoch else 1
+        return schedule.factor(int(round(epoch * spe)), base_lr=self.base_lr, steps_per_epoch=steps_per_epoch)
 
 
 class _Located(Exception):
