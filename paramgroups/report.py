@@ -23,6 +23,7 @@ from .patterns import PatternList, to_path
 from .plan import PLAN_TAG, Plan
 
 COLUMNS = ("name", "shape", "numel", "module", "group", "lr", "weight_decay", "trainable", "rules")
+LAYER_COLUMNS = ("layer", "lr_scale")  # shown when layer-wise LR decay is in use
 MIXED = "mixed"
 
 
@@ -61,14 +62,20 @@ class Audit:
         return Audit(self.model, self.optimizer, collapse(self.parameters, depth), self.groups,
                      self.totals, self.problems)
 
+    def columns(self) -> tuple[str, ...]:
+        """Table columns: the layer columns only when some parameter has a layer id."""
+        layered = any(r.get("layer") is not None for r in self.parameters)
+        return COLUMNS + LAYER_COLUMNS if layered else COLUMNS
+
     def to_table(self, tablefmt: str = "simple") -> str:
         """Parameters, then groups, then totals and problems, as tabulate tables."""
         from tabulate import tabulate
 
-        params = [[_cell(r[c], c) for c in COLUMNS] for r in self.parameters]
+        cols = self.columns()
+        params = [[_cell(r[c], c) for c in cols] for r in self.parameters]
         group_cols = ("index", "name", "params", "numel", "lr", "weight_decay", "options")
         groups = [[_cell(g[c]) for c in group_cols] for g in self.groups]
-        parts = [tabulate(params, headers=COLUMNS, tablefmt=tablefmt, disable_numparse=True),
+        parts = [tabulate(params, headers=cols, tablefmt=tablefmt, disable_numparse=True),
                  tabulate(groups, headers=("group", *group_cols[1:]), tablefmt=tablefmt,
                           disable_numparse=True),
                  tabulate(self.totals_rows(), tablefmt=tablefmt, disable_numparse=True)]
@@ -91,9 +98,10 @@ class Audit:
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(COLUMNS)
+        cols = self.columns()
+        writer.writerow(cols)
         for r in self.parameters:
-            writer.writerow([_cell(r[c], c) for c in COLUMNS])
+            writer.writerow([_cell(r[c], c) for c in cols])
         return buf.getvalue()
 
 
@@ -142,7 +150,8 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         m["numel"] += r["numel"]
         m["rules"] = sorted(set(m["rules"]) | set(r["rules"]))
         m["kinds"] = sorted(set(m["kinds"]) | set(r["kinds"]))
-        for col in ("shape", "dtype", "module", "group", "lr", "weight_decay", "trainable"):
+        for col in ("shape", "dtype", "module", "group", "lr", "weight_decay", "trainable",
+                    "layer", "lr_scale"):
             if m[col] != r[col]:
                 m[col] = MIXED
     return list(merged.values())
@@ -169,8 +178,8 @@ def audit(model: nn.Module, plan: Plan | None = None,
     except ParamgroupsError as exc:  # a plan whose optimizer cannot be built is not clean
         problems.append(str(exc))
     cls = plan.optimizer_class
-    params = [_param_row(a.record, a.group, a.lr, a.weight_decay, a.trainable, a.rules)
-              for a in res.assignments]
+    params = [_param_row(a.record, a.group, a.lr, a.weight_decay, a.trainable, a.rules,
+                         a.layer, a.lr_scale) for a in res.assignments]
     groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr,
                          g.weight_decay, g.options) for g in res.groups]
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
@@ -199,7 +208,7 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         trainable = rec.param.requires_grad and rec.is_float
         params.append(_param_row(rec, gis[0] if gis else None, g and g.get("lr"),
                                  g and g.get("weight_decay"), trainable,
-                                 rules_of.get(rec.index, [])))
+                                 rules_of.get(rec.index, []), None, g and g.get("lr_scale")))
         if len(gis) > 1:
             problems.append(f"{rec.name} is in {len(gis)} param groups ({', '.join(map(str, gis))})")
         elif not gis and trainable:
@@ -227,12 +236,12 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
 _MISSING = object()
 
 
-def _param_row(rec, group, lr, wd, trainable, rules) -> dict[str, Any]:
+def _param_row(rec, group, lr, wd, trainable, rules, layer, lr_scale) -> dict[str, Any]:
     return {"name": rec.name, "aliases": list(rec.aliases), "shape": list(rec.shape),
             "numel": rec.numel, "dtype": str(rec.dtype).replace("torch.", ""),
             "module": rec.module_class, "kinds": sorted(rec.kinds), "group": group,
             "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
-            "rules": list(rules)}
+            "rules": list(rules), "layer": layer, "lr_scale": _num(lr_scale)}
 
 
 def _group_row(index, name, recs, lr, wd, options) -> dict[str, Any]:
