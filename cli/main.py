@@ -71,24 +71,26 @@ def cli(debug: bool) -> None:
 @click.option("--match", "match", default=None, help="Show only parameters a pattern selects.")
 @click.option("--depth", type=click.IntRange(min=1), default=None,
               help="Collapse rows to modules N segments deep.")
+@click.option("--at", "at", type=click.FloatRange(min=0), default=None, metavar="EPOCH",
+              help="Show the learning rates at this epoch of the plan's schedule.")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Iterations per epoch, for schedules stepped every iteration.")
 def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float | None,
             optimizer: str | None, num_classes: int | None, device: str, fmt: str,
-            tablefmt: str, only: str | None, match: str | None, depth: int | None) -> None:
+            tablefmt: str, only: str | None, match: str | None, depth: int | None,
+            at: float | None, steps_per_epoch: int | None) -> None:
     """Audit MODEL: every parameter with its group, lr, weight decay and trainable flag.
 
     MODEL is a torchvision or timm name (resnet18, timm:vit_base_patch16_224,
     torchvision:resnet50), a factory package.module:function, or a checkpoint file
     (.pt, .pth, .safetensors).
     """
-    from tabulate import tabulate_formats
-
     from paramgroups.report import audit
 
-    if tablefmt not in tabulate_formats:
-        raise click.BadParameter(f"unknown table format {tablefmt!r} (one of: {', '.join(tabulate_formats)})",
-                                 param_hint="'--tablefmt'")
+    _check_tablefmt(tablefmt)
     plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
-    report = audit(_model(model, num_classes, device), plan, name=model, strict=True)
+    report = audit(_model(model, num_classes, device), plan, name=model, strict=True, at=at,
+                   steps_per_epoch=steps_per_epoch)
     report = report.select(only=only, match=match)
     if depth is not None:
         report = report.collapse(depth)
@@ -133,6 +135,75 @@ def check(model: str, rules: str | None, lr: float | None, weight_decay: float |
     click.echo(f"ok: {t['params']} parameters in {len(report.groups)} groups, "
                f"{t['frozen']:,} of {t['numel']:,} elements frozen, "
                f"{len(expectations)} expectation(s) hold")
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.option("--rules", "rules", type=click.Path(dir_okay=True), default=None,
+              help="Plan file (YAML, TOML or JSON) with a schedule section.")
+@click.option("--epochs", type=click.IntRange(min=1), required=True, help="Epochs to show.")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Iterations per epoch, for schedules stepped every iteration.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None)
+@click.option("--format", "fmt", type=click.Choice(("table", "csv", "json")), default="table",
+              show_default=True)
+@click.option("--tablefmt", default="simple", show_default=True, help="Any tabulate table format.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="Also draw the curves, one line per group (needs matplotlib).")
+def schedule(model: str | None, rules: str | None, epochs: int, steps_per_epoch: int | None,
+             num_classes: int | None, fmt: str, tablefmt: str, plot: str | None) -> None:
+    """The learning rate of every group at every epoch of the plan's schedule."""
+    import json
+
+    from tabulate import tabulate
+
+    from paramgroups.report import schedule_table
+
+    _check_tablefmt(tablefmt)
+    plan = _plan(rules, {})
+    built = _model(model, num_classes, "meta") if model else None
+    headers, rows = schedule_table(plan, built, epochs, steps_per_epoch)
+    if plot:
+        _plot(headers, rows, plot)
+    if fmt == "json":
+        click.echo(json.dumps({"columns": headers, "rows": rows}, indent=2))
+    elif fmt == "csv":
+        click.echo("\n".join(",".join(map(str, r)) for r in [headers, *rows]))
+    else:
+        click.echo(tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".6g"))
+
+
+def _plot(headers: list[str], rows: list[list[Any]], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise click.UsageError("--plot needs matplotlib: pip install 'paramgroups[plot]'") from None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    epochs = [r[0] for r in rows]
+    for i, name in enumerate(headers[1:], start=1):
+        ax.plot(epochs, [r[i] for r in rows], label=name, marker="o", markersize=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("learning rate")
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as exc:
+        raise click.UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def _check_tablefmt(tablefmt: str) -> None:
+    from tabulate import tabulate_formats
+
+    if tablefmt not in tabulate_formats:
+        raise click.BadParameter(f"unknown table format {tablefmt!r} (one of: {', '.join(tabulate_formats)})",
+                                 param_hint="'--tablefmt'")
 
 
 @cli.command()

@@ -159,13 +159,15 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
 
 def audit(model: nn.Module, plan: Plan | None = None,
           optimizer: torch.optim.Optimizer | None = None, *, name: str | None = None,
-          strict: bool = False) -> "Audit":
+          strict: bool = False, at: float | None = None,
+          steps_per_epoch: int | None = None) -> "Audit":
     """Audit ``model`` against a plan, or against an optimizer someone built by hand.
 
     With a plan, groups and settings come from resolving it (rules that match nothing are
     reported as problems unless ``strict``). With an optimizer, they come from its param groups,
     and the audit reports trainable parameters in no group, parameters in several groups and
-    frozen parameters that sit in a group.
+    frozen parameters that sit in a group. ``at`` shows the LRs at that epoch of the plan's
+    schedule (at its first step, with ``steps_per_epoch`` for per-iteration schedules).
     """
     model_name = name or type(model).__name__
     if optimizer is not None:
@@ -178,9 +180,10 @@ def audit(model: nn.Module, plan: Plan | None = None,
     except ParamgroupsError as exc:  # a plan whose optimizer cannot be built is not clean
         problems.append(str(exc))
     cls = plan.optimizer_class
-    params = [_param_row(a.record, a.group, a.lr, a.weight_decay, a.trainable, a.rules,
+    f = 1.0 if at is None else plan.factor_at(at, steps_per_epoch)
+    params = [_param_row(a.record, a.group, a.lr * f, a.weight_decay, a.trainable, a.rules,
                          a.layer, a.lr_scale) for a in res.assignments]
-    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr,
+    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr * f,
                          g.weight_decay, g.options) for g in res.groups]
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
     state = _state_bytes(cls, [([a.record for a in g.members if a.trainable], m)
@@ -279,3 +282,24 @@ def _totals(params: list[dict[str, Any]], state: int | None) -> dict[str, Any]:
     trainable = sum(p["numel"] for p in params if p["trainable"])
     return {"params": len(params), "numel": numel, "trainable": trainable,
             "frozen": numel - trainable, "optimizer_state_bytes": state}
+
+
+def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,
+                   steps_per_epoch: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    """The LR of every group at the first step of every epoch: ``(headers, rows)``.
+
+    Without a model there are no groups: the one column is the plan's base LR. A plateau
+    schedule is shown without reductions (they depend on metrics).
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    if model is None:
+        names, bases = ["base lr"], [plan.base_lr]
+    else:
+        res = plan.resolve(model)
+        names, bases = [g.name for g in res.groups], [g.lr for g in res.groups]
+    rows = []
+    for epoch in range(epochs):
+        f = plan.factor_at(epoch, steps_per_epoch)
+        rows.append([epoch, *[b * f for b in bases]])
+    return ["epoch", *names], rows
