@@ -23,6 +23,7 @@ class Group:
     weight_decay: float
     frozen: bool
     options: dict[str, Any]
+    events: tuple = ()
     members: list[Assignment] = field(default_factory=list)
 
     @property
@@ -40,7 +41,8 @@ class Group:
 
 
 def _key(a: Assignment) -> tuple:
-    return (a.label, a.layer, a.lr, a.weight_decay, a.frozen, repr(sorted(a.options.items())))
+    return (a.label, a.layer, a.lr, a.weight_decay, a.frozen, a.events,
+            repr(sorted(a.options.items())))
 
 
 def _fmt(x: float) -> str:
@@ -55,7 +57,9 @@ def group_name(a: Assignment) -> str:
         name = "" if a.layer is None else f"layer{a.layer} "
         name += f"lr={_fmt(a.lr)} wd={_fmt(a.weight_decay)}"
         name += "".join(f" {k}={v}" for k, v in sorted(a.options.items()))
-    return name + (" frozen" if a.frozen else "")
+    name += " frozen" if a.frozen else ""
+    changes = [f"{'thawed' if action == 'thaw' else 'frozen'} by stage {i}" for i, action in a.events]
+    return name + (f" ({', '.join(changes)})" if changes else "")
 
 
 def build_groups(assignments: list[Assignment]) -> list[Group]:
@@ -71,7 +75,8 @@ def build_groups(assignments: list[Assignment]) -> list[Group]:
         key = _key(a)
         group = groups.get(key)
         if group is None:
-            group = Group(len(groups), group_name(a), a.lr, a.weight_decay, a.frozen, dict(a.options))
+            group = Group(len(groups), group_name(a), a.lr, a.weight_decay, a.frozen,
+                          dict(a.options), a.events)
             groups[key] = group
         group.members.append(a)
         a.group = group.index

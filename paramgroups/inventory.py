@@ -50,6 +50,7 @@ class ParamRecord:
     dtype: torch.dtype
     device: torch.device
     param: nn.Parameter = field(repr=False)
+    owner: nn.Module = field(repr=False)
 
     @property
     def is_float(self) -> bool:
@@ -137,7 +138,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
             index=len(records), name=name, aliases=[], module=canonical_name(owner_raw),
             module_class=type(owner).__name__, module_classes=_mro_names(owner),
             kinds=_kinds(leaf, owner, param, [name], tokens), shape=tuple(param.shape),
-            numel=param.numel(), dtype=param.dtype, device=param.device, param=param,
+            numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,
         )
         by_id[id(param)] = rec
         records.append(rec)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
@@ -19,16 +20,19 @@ from . import optim
 from .config import Locations, read_plan_file
 from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, RuleError
 from .groups import build_groups
-from .inventory import inventory
+from . import norms
+from .inventory import ParamRecord, inventory
 from .layers import layer_ids, layer_scales
 from .schedules import Schedule
+from .stages import Stage, check_stages, timelines
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
 from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, resolve
 
-PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer", "schedule", "layer_decay", "layers",
-               "no_decay")
+EXTRA_FIELDS = {"schedule": None, "layer_decay": None, "layers": None, "no_decay": False,
+                "stages": (), "bn": "freeze", "norm_trainable": False}
+PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer", *EXTRA_FIELDS)
 NO_DECAY_KINDS = ["bias", "norm", "ndim<=1", "embedding"]
 PLAN_TAG = "_paramgroups_plan"  # set on optimizers Plan.optimizer builds, read by audit()
 
@@ -40,35 +44,44 @@ class Plan:
     parameter no rule gives one. ``schedule`` is a :class:`Schedule` (or its dict form).
     ``layer_decay`` scales each parameter's LR by ``decay ** (max_layer - layer)`` with layer
     ids from ``layers`` (see :mod:`paramgroups.layers`). ``no_decay=True`` adds a last rule
-    that sets weight decay 0 on biases, norms, 1-d parameters and embeddings. Extra keyword
-    arguments are options of the optimizer (``momentum=0.9``), validated against it.
+    that sets weight decay 0 on biases, norms, 1-d parameters and embeddings. ``stages``
+    freeze and thaw parameters over the run (:class:`Stage`). Norm layers whose parameters are
+    all frozen keep their running statistics (``bn="freeze"``; ``bn="train"`` is torch's
+    behaviour); ``norm_trainable=True`` keeps norm parameters trainable in frozen blocks.
+    Extra keyword arguments are options of the optimizer (``momentum=0.9``), validated.
     """
 
     def __init__(self, rules: Iterable[Rule | Mapping[str, Any]] = (), *, lr: float | None = None,
                  weight_decay: float = 0.0, optimizer: str | type = "sgd",
                  schedule: Schedule | Mapping[str, Any] | str | None = None,
                  layer_decay: float | None = None, layers: str | Sequence[Any] | None = None,
-                 no_decay: bool = False, **optimizer_options: Any):
+                 no_decay: bool = False, stages: Sequence[Stage | Mapping[str, Any]] = (),
+                 bn: str = "freeze", norm_trainable: bool = False, **optimizer_options: Any):
         extras = {"schedule": schedule, "layer_decay": layer_decay, "layers": layers,
-                  "no_decay": no_decay}
+                  "no_decay": no_decay, "stages": stages, "bn": bn, "norm_trainable": norm_trainable}
         self._init(rules, lr, weight_decay, optimizer, optimizer_options, Locations(None), extras)
+
+    @classmethod
+    def progressive(cls, groups: Sequence[str | Sequence[str]], every: float = 1,
+                    **plan_options: Any) -> "Plan":
+        """Top-down unfreezing: ``groups[0]`` trains from the start, group k thaws at epoch
+        ``k * every``; parameters in no group stay frozen (list ``"**"`` last to thaw the rest).
+        """
+        if isinstance(groups, str) or not groups:
+            raise PlanError("progressive needs a non-empty list of groups (patterns or lists)")
+        check_number("every", every, PlanError)
+        rules = [Rule("**", freeze=True), Rule(groups[0], freeze=False),
+                 *plan_options.pop("rules", ())]
+        stages = [Stage(epoch=k * every, unfreeze=g) for k, g in enumerate(groups) if k]
+        stages += list(plan_options.pop("stages", ()))
+        return cls(rules, stages=stages, **plan_options)
 
     def _init(self, rules: Iterable[Any], lr: Any, weight_decay: Any, optimizer: Any,
               options: dict[str, Any], loc: Locations, extras: dict[str, Any]) -> None:
         self._loc = loc
-        with _located(loc, "schedule"):
-            sched = extras.get("schedule")
-            self.schedule = sched if isinstance(sched, Schedule) or sched is None else Schedule.from_dict(sched)
-        with _located(loc, "layer_decay"):
-            self.layer_decay = check_number("layer_decay", extras.get("layer_decay"), PlanError)
-        with _located(loc, "layers"):
-            self.layers = extras.get("layers")
-            if self.layers is not None and self.layer_decay is None:
-                raise PlanError("layers is set but layer_decay is not: give layer_decay too")
-        with _located(loc, "no_decay"):
-            self.no_decay = extras.get("no_decay", False)
-            if not isinstance(self.no_decay, bool):
-                raise PlanError(f"no_decay must be true or false, got {self.no_decay!r}")
+        for name, default in EXTRA_FIELDS.items():
+            with _located(loc, name):
+                setattr(self, name, getattr(self, f"_parse_{name}")(extras.get(name, default)))
         self.optimizer_spec = optimizer
         with _located(loc, "optimizer"):
             self.optimizer_class = optim.optimizer_class(optimizer)
@@ -86,6 +99,49 @@ class Plan:
         self.rules = [self._rule(i, r) for i, r in enumerate(rules)]
 
     # -- construction --------------------------------------------------------------------
+
+    @staticmethod
+    def _parse_schedule(value: Any) -> Schedule | None:
+        return value if isinstance(value, Schedule) or value is None else Schedule.from_dict(value)
+
+    @staticmethod
+    def _parse_layer_decay(value: Any) -> float | None:
+        return check_number("layer_decay", value, PlanError)
+
+    def _parse_layers(self, value: Any) -> Any:
+        if value is not None and self.layer_decay is None:
+            raise PlanError("layers is set but layer_decay is not: give layer_decay too")
+        return value
+
+    @staticmethod
+    def _parse_no_decay(value: Any) -> bool:
+        return _flag("no_decay", value)
+
+    @staticmethod
+    def _parse_norm_trainable(value: Any) -> bool:
+        return _flag("norm_trainable", value)
+
+    @staticmethod
+    def _parse_bn(value: Any) -> str:
+        if value not in ("freeze", "train"):
+            raise PlanError(f"bn must be 'freeze' (hold the statistics of frozen norm layers) or "
+                            f"'train' (torch's behaviour), got {value!r}")
+        return value
+
+    @staticmethod
+    def _parse_stages(value: Any) -> tuple[Stage, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise PlanError(f"stages must be a list of stages, got {type(value).__name__}")
+        stages = []
+        for i, item in enumerate(value):
+            try:
+                stages.append(item if isinstance(item, Stage) else Stage.from_dict(item))
+            except PlanError as exc:
+                raise PlanError(f"stage {i}: {exc}") from None
+        check_stages(stages)
+        return tuple(stages)
 
     def _check_plan_option(self, key: str) -> None:
         if not isinstance(key, str):
@@ -142,7 +198,7 @@ class Plan:
         if not isinstance(rules, list):
             raise ConfigError(f"{loc.prefix('rules')}rules must be a list of rules, got {type(rules).__name__}")
         plan = cls.__new__(cls)
-        extras = {k: fields.pop(k) for k in ("schedule", "layer_decay", "layers", "no_decay") if k in fields}
+        extras = {k: fields.pop(k) for k in EXTRA_FIELDS if k in fields}
         plan._init(rules, fields.pop("lr", None), fields.pop("weight_decay", 0.0),
                    fields.pop("optimizer", "sgd"), fields, loc, extras)
         return plan
@@ -173,6 +229,12 @@ class Plan:
             out["layers"] = self.layers
         if self.no_decay:
             out["no_decay"] = True
+        if self.stages:
+            out["stages"] = [st.to_dict() for st in self.stages]
+        if self.bn != "freeze":
+            out["bn"] = self.bn
+        if self.norm_trainable:
+            out["norm_trainable"] = True
         out["rules"] = [r.to_dict() for r in self.rules]
         return out
 
@@ -205,6 +267,12 @@ class Plan:
             scales = layer_scales(layers, self.layer_decay)
         res = resolve(records, self.all_rules, base_lr=self.base_lr,
                       base_weight_decay=self.weight_decay, strict=strict, layers=layers, scales=scales)
+        keep = [self.norm_trainable and "norm" in a.record.kinds and a.record.is_float
+                for a in res.assignments]
+        frozen = [a.frozen and not k for a, k in zip(res.assignments, keep)]
+        events, start = timelines(records, self.stages, frozen, keep)
+        for a, ev, fr in zip(res.assignments, events, start):
+            a.events, a.frozen = ev, fr
         res.groups = build_groups(res.assignments)
         if not optim.takes(self.optimizer_class, "weight_decay"):
             wd = sorted({g.weight_decay for g in res.groups if g.weight_decay})
@@ -222,16 +290,22 @@ class Plan:
         return [g.to_torch(with_weight_decay=with_wd) for g in res.groups]
 
     def apply(self, model: nn.Module) -> Resolution:
-        """Set ``requires_grad`` on every parameter as the plan says; return the resolution."""
+        """Set ``requires_grad`` as the plan says at step 0 and hold the statistics of norm
+        layers whose parameters are all frozen (unless ``bn="train"``); return the resolution."""
         res = self.resolve(model)
         for a in res.assignments:
             if a.record.is_float:
                 a.record.param.requires_grad_(not a.frozen)
+        if self.bn == "freeze":
+            norms.sync(model, owners(res.records))
         return res
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Apply the freeze masks and build the optimizer from the plan's groups."""
-        return self.build_optimizer(self.apply(model))
+        res = self.apply(model)
+        opt = self.build_optimizer(res)
+        setattr(opt, PLAN_TAG, Binding(self, res, model))
+        return opt
 
     def build_optimizer(self, res: Resolution) -> torch.optim.Optimizer:
         """The optimizer for a resolution (no freeze masks applied); errors say why not.
@@ -240,9 +314,9 @@ class Plan:
         foreach; on the CPU, foreach. ``fused``/``foreach`` in the plan override both.
         """
         cls = self.optimizer_class
-        if not any(not a.frozen for a in res.assignments):
-            raise PlanError("the plan freezes every parameter: nothing would train "
-                            "(unfreeze something, or add a stage that thaws it)")
+        if not any(not a.frozen or any(e[1] == "thaw" for e in a.events) for a in res.assignments):
+            raise PlanError("the plan freezes every parameter and no stage thaws any: nothing "
+                            "would train (unfreeze something, or add a stage that thaws it)")
         if len(res.groups) > 1 and _single_group(cls):
             raise OptimizerError(f"optimizer {cls.__name__} takes one param group, but this plan "
                                  f"makes {len(res.groups)} ({', '.join(g.name for g in res.groups)})")
@@ -254,7 +328,7 @@ class Plan:
             opt = cls(self._torch_groups(res), **defaults)
         except (ValueError, TypeError, RuntimeError) as exc:
             raise OptimizerError(f"optimizer {cls.__name__} rejected the plan's settings: {exc}") from None
-        setattr(opt, PLAN_TAG, self)  # lets audit() tell a plan-built optimizer from a hand-built one
+        setattr(opt, PLAN_TAG, Binding(self, res, None))  # audit() tells plan-built ones apart
         return opt
 
 
@@ -267,14 +341,38 @@ class Plan:
         """
         from .scheduler import PlanScheduler
 
+        binding = getattr(optimizer, PLAN_TAG, None)
+        if self.stages and (binding is None or binding.plan is not self or binding.model is None):
+            raise PlanError("a plan with stages needs the optimizer from plan.optimizer(model) "
+                            "of this same plan: its groups follow the stages")
         return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
-                             steps_per_epoch=steps_per_epoch)
+                             steps_per_epoch=steps_per_epoch, binding=binding)
 
     def factor_at(self, epoch: float, steps_per_epoch: int | None = None) -> float:
         """The schedule's LR factor at the first step of ``epoch`` (plateau: no reductions)."""
         schedule = self.schedule or Schedule()
         spe = steps_per_epoch if schedule.unit == "epoch" and steps_per_epoch else 1
         return schedule.factor(int(round(epoch * spe)), base_lr=self.base_lr, steps_per_epoch=steps_per_epoch)
+
+
+@dataclass
+class Binding:
+    """What a plan-built optimizer remembers: the plan, its resolution and the model."""
+
+    plan: Plan
+    resolution: Resolution
+    model: nn.Module | None
+
+
+def owners(records: list[ParamRecord]) -> list[nn.Module]:
+    """The distinct modules that own the records' parameters, in model order."""
+    return list({id(r.owner): r.owner for r in records}.values())
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise PlanError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 class _Located(Exception):

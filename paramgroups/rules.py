@@ -164,6 +164,7 @@ class Assignment:
     group: int | None = None  # index of its param group, set by grouping
     layer: int | None = None  # layer id under layer-wise LR decay
     lr_scale: float = 1.0     # the layer-decay scale already folded into ``lr``
+    events: tuple = ()        # (stage index, "thaw" | "freeze") that change its frozen state
 
     @property
     def trainable(self) -> bool:

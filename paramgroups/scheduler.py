@@ -1,8 +1,9 @@
 """The LR scheduler a plan emits: a torch ``LRScheduler`` whose LRs are closed forms.
 
-Every group's LR at step ``k`` is ``group base LR x schedule.factor(k)``, so a resumed run
-gets the same LRs as an uninterrupted one. Only ``plateau`` keeps history (its reductions),
-and that history is in ``state_dict()`` too.
+Every group's LR at step ``k`` is ``group base LR x schedule.factor(k) x stage factor(k)``,
+and its frozen state is a function of ``k`` too, so a resumed run gets the same LRs and the
+same frozen set as an uninterrupted one. Only ``plateau`` keeps history (its reductions), and
+that history is in ``state_dict()`` too.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from . import norms
 from .errors import PlanError
 from .schedules import Schedule
+from .stages import stage_state
 
 
 class PlanScheduler(LRScheduler):
@@ -24,7 +27,7 @@ class PlanScheduler(LRScheduler):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, *, base_lr: float,
-                 steps_per_epoch: int | None = None, last_epoch: int = -1):
+                 steps_per_epoch: int | None = None, last_epoch: int = -1, binding: Any = None):
         if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or
                                             not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise PlanError(f"steps_per_epoch must be a whole number >= 1, got {steps_per_epoch!r}")
@@ -38,7 +41,54 @@ class PlanScheduler(LRScheduler):
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.momentum_key = self._momentum_key(optimizer)
+        self._binding = binding
+        self._stage_steps = self._stage_times(binding)
         super().__init__(optimizer, last_epoch)
+
+    def _stage_times(self, binding: Any) -> tuple[list[int], list[int]]:
+        """Scheduler steps at which each stage acts, and each stage's warmup in steps."""
+        stages = binding.plan.stages if binding is not None else ()
+        per_epoch = self.steps_per_epoch if self.schedule.unit == "epoch" else None
+        steps, warmups = [], []
+        for st in stages:
+            if st.epoch is not None:
+                if self.schedule.unit == "step" and not self.steps_per_epoch:
+                    raise PlanError("stages in epochs need steps_per_epoch when the schedule counts steps")
+                spe = self.steps_per_epoch or 1
+                steps.append(int(round(st.epoch * spe)))
+                warmups.append(int(round(st.warmup * spe)))
+            else:
+                if self.schedule.unit == "epoch" and not per_epoch:
+                    raise PlanError("step= stages need a scheduler stepped every iteration: "
+                                    "pass steps_per_epoch, or use a schedule with unit: step")
+                steps.append(int(st.step))
+                warmups.append(int(round(st.warmup)))
+        return steps, warmups
+
+    def stage_state(self, step: int | None = None) -> list[tuple[bool, float]]:
+        """(frozen, stage LR factor) per group at ``step`` (default: the current step)."""
+        k = self.last_epoch if step is None else step
+        if self._binding is None:
+            return [(False, 1.0)] * len(self.optimizer.param_groups)
+        stages = self._binding.plan.stages
+        steps, warmups = self._stage_steps
+        return [stage_state(g.events, stages, g.frozen, max(k, 0), steps, warmups)
+                for g in self._binding.resolution.groups]
+
+    def _apply_stages(self) -> None:
+        """Flip ``requires_grad`` and norm holds to the current step's frozen set."""
+        if self._binding is None or not self._binding.plan.stages:
+            return
+        changed = False
+        for group, (frozen, _) in zip(self._binding.resolution.groups, self.stage_state()):
+            for a in group.members:
+                if a.record.param.requires_grad == frozen:
+                    a.record.param.requires_grad_(not frozen)
+                    changed = True
+        if changed and self._binding.plan.bn == "freeze":
+            from .plan import owners
+
+            norms.sync(self._binding.model, owners(self._binding.resolution.records))
 
     def _momentum_key(self, optimizer: torch.optim.Optimizer) -> str | None:
         if self.schedule.momentum(0) is None:
@@ -59,7 +109,7 @@ class PlanScheduler(LRScheduler):
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
         f = self.factor()
-        return [base * f for base in self.base_lrs]
+        return [base * f * stage for base, (_, stage) in zip(self.base_lrs, self.stage_state())]
 
     def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
         """Advance one step; a ``plateau`` schedule also takes the metric to watch."""
@@ -69,6 +119,7 @@ class PlanScheduler(LRScheduler):
             self._observe(float(metric))
         super().step()
         self._set_momentum()
+        self._apply_stages()
 
     def _set_momentum(self) -> None:
         if self.momentum_key is None:
@@ -105,12 +156,15 @@ class PlanScheduler(LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data only (loads with ``torch.load(weights_only=True)``)."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("optimizer", "schedule", "_binding")}
         state["schedule"] = self.schedule.to_dict()
+        state["frozen_groups"] = [i for i, (f, _) in enumerate(self.stage_state()) if f]
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = dict(state_dict)
+        saved.pop("frozen_groups", None)  # derived from the step; kept for readers of checkpoints
         schedule = saved.pop("schedule", None)
         if schedule is not None and schedule != self.schedule.to_dict():
             raise PlanError(f"the saved scheduler ran another schedule ({schedule}); "
@@ -119,3 +173,4 @@ class PlanScheduler(LRScheduler):
             raise PlanError(f"the saved scheduler had {len(saved['base_lrs'])} groups; this optimizer "
                             f"has {len(self.base_lrs)}: was it built from another plan?")
         self.__dict__.update(saved)
+        self._apply_stages()
