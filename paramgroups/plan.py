@@ -24,7 +24,7 @@ from . import norms
 from .inventory import ParamRecord, inventory
 from .layers import layer_ids, layer_scales
 from .schedules import Schedule
-from .stages import Stage, check_stages, timelines
+from .stages import Stage, check_stages, stage_state, stage_steps, timelines
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
@@ -347,6 +347,19 @@ class Plan:
                             "of this same plan: its groups follow the stages")
         return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
                              steps_per_epoch=steps_per_epoch, binding=binding)
+
+    def stage_state_at(self, res: Resolution, epoch: float | None = None,
+                       steps_per_epoch: int | None = None) -> list[tuple[bool, float]]:
+        """(frozen, stage LR factor) of each group at the first step of ``epoch`` (default 0)."""
+        schedule = self.schedule or Schedule()
+        if epoch is None:  # step 0: only stages at time 0 can have acted
+            steps, warmups = stage_steps(self.stages, "step", steps_per_epoch or 1)
+            k = 0
+        else:
+            steps, warmups = stage_steps(self.stages, schedule.unit, steps_per_epoch)
+            spe = steps_per_epoch if schedule.unit == "epoch" and steps_per_epoch else 1
+            k = int(round(epoch * spe))
+        return [stage_state(g.events, self.stages, g.frozen, k, steps, warmups) for g in res.groups]
 
     def factor_at(self, epoch: float, steps_per_epoch: int | None = None) -> float:
         """The schedule's LR factor at the first step of ``epoch`` (plateau: no reductions)."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import optim
 from .errors import ParamgroupsError
+from .norms import has_running_stats, is_held
 from .inventory import inventory
 from .patterns import PatternList, to_path
 from .plan import PLAN_TAG, Plan
@@ -181,14 +182,33 @@ def audit(model: nn.Module, plan: Plan | None = None,
         problems.append(str(exc))
     cls = plan.optimizer_class
     f = 1.0 if at is None else plan.factor_at(at, steps_per_epoch)
-    params = [_param_row(a.record, a.group, a.lr * f, a.weight_decay, a.trainable, a.rules,
-                         a.layer, a.lr_scale) for a in res.assignments]
-    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr * f,
+    state = plan.stage_state_at(res, at, steps_per_epoch)  # (frozen, stage factor) per group
+    frozen = [state[a.group][0] if a.group is not None else True for a in res.assignments]
+    held = _held_norms(res, frozen) if plan.bn == "freeze" else set()
+    params = [_param_row(a.record, a.group, a.lr * f * (state[a.group][1] if a.group is not None else 1),
+                         a.weight_decay, not fr, a.rules, a.layer, a.lr_scale,
+                         _stats(a.record.owner, held)) for a, fr in zip(res.assignments, frozen)]
+    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr * f * state[g.index][1],
                          g.weight_decay, g.options) for g in res.groups]
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
-    state = _state_bytes(cls, [([a.record for a in g.members if a.trainable], m)
-                               for g, m in zip(res.groups, merged)])
-    return Audit(model_name, cls.__name__, params, groups, _totals(params, state), problems)
+    nbytes = _state_bytes(cls, [([a.record for a in g.members if not state[g.index][0]], m)
+                                for g, m in zip(res.groups, merged)])
+    return Audit(model_name, cls.__name__, params, groups, _totals(params, nbytes), problems)
+
+
+def _held_norms(res, frozen: list[bool]) -> set[int]:
+    """ids of norm modules with running statistics whose parameters are all frozen."""
+    by_owner: dict[int, list[bool]] = {}
+    for a, fr in zip(res.assignments, frozen):
+        if has_running_stats(a.record.owner):
+            by_owner.setdefault(id(a.record.owner), []).append(fr)
+    return {owner for owner, flags in by_owner.items() if all(flags)}
+
+
+def _stats(owner: nn.Module, held: set[int]) -> str | None:
+    if not has_running_stats(owner):
+        return None
+    return "frozen" if id(owner) in held else "updating"
 
 
 def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | None,
@@ -211,7 +231,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         trainable = rec.param.requires_grad and rec.is_float
         params.append(_param_row(rec, gis[0] if gis else None, g and g.get("lr"),
                                  g and g.get("weight_decay"), trainable,
-                                 rules_of.get(rec.index, []), None, g and g.get("lr_scale")))
+                                 rules_of.get(rec.index, []), None, g and g.get("lr_scale"),
+                                 _live_stats(rec.owner)))
         if len(gis) > 1:
             problems.append(f"{rec.name} is in {len(gis)} param groups ({', '.join(map(str, gis))})")
         elif not gis and trainable:
@@ -239,12 +260,19 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
 _MISSING = object()
 
 
-def _param_row(rec, group, lr, wd, trainable, rules, layer, lr_scale) -> dict[str, Any]:
+def _live_stats(owner: nn.Module) -> str | None:
+    """Whether a norm layer's statistics update in train mode, as the model is now."""
+    if not has_running_stats(owner):
+        return None
+    return "frozen" if is_held(owner) else "updating"
+
+
+def _param_row(rec, group, lr, wd, trainable, rules, layer, lr_scale, stats) -> dict[str, Any]:
     return {"name": rec.name, "aliases": list(rec.aliases), "shape": list(rec.shape),
             "numel": rec.numel, "dtype": str(rec.dtype).replace("torch.", ""),
             "module": rec.module_class, "kinds": sorted(rec.kinds), "group": group,
             "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
-            "rules": list(rules), "layer": layer, "lr_scale": _num(lr_scale)}
+            "rules": list(rules), "layer": layer, "lr_scale": _num(lr_scale), "stats": stats}
 
 
 def _group_row(index, name, recs, lr, wd, options) -> dict[str, Any]:
@@ -286,20 +314,25 @@ def _totals(params: list[dict[str, Any]], state: int | None) -> dict[str, Any]:
 
 def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,
                    steps_per_epoch: int | None = None) -> tuple[list[str], list[list[Any]]]:
-    """The LR of every group at the first step of every epoch: ``(headers, rows)``.
+    """The LR of every group at the first step of every epoch and at stage boundaries.
 
-    Without a model there are no groups: the one column is the plan's base LR. A plateau
-    schedule is shown without reductions (they depend on metrics).
+    Returns ``(headers, rows)``; a frozen group's LR is ``None``. Without a model there are no
+    groups: the one column is the plan's base LR. A plateau schedule is shown without
+    reductions (they depend on metrics).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
-    if model is None:
-        names, bases = ["base lr"], [plan.base_lr]
-    else:
-        res = plan.resolve(model)
-        names, bases = [g.name for g in res.groups], [g.lr for g in res.groups]
+    res = plan.resolve(model) if model is not None else None
+    names = [g.name for g in res.groups] if res else ["base lr"]
+    bases = [g.lr for g in res.groups] if res else [plan.base_lr]
+    times = set(range(epochs))
+    for st in plan.stages:
+        when = st.epoch if st.epoch is not None else (st.step / steps_per_epoch if steps_per_epoch else None)
+        if when is not None and when < epochs:
+            times.add(when)
     rows = []
-    for epoch in range(epochs):
-        f = plan.factor_at(epoch, steps_per_epoch)
-        rows.append([epoch, *[b * f for b in bases]])
+    for t in sorted(times):
+        f = plan.factor_at(t, steps_per_epoch)
+        state = plan.stage_state_at(res, t, steps_per_epoch) if res else [(False, 1.0)]
+        rows.append([t, *[None if frozen else b * f * g for b, (frozen, g) in zip(bases, state)]])
     return ["epoch", *names], rows

@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from . import norms
 from .errors import PlanError
 from .schedules import Schedule
-from .stages import stage_state
+from .stages import stage_state, stage_steps
 
 
 class PlanScheduler(LRScheduler):
@@ -46,24 +46,8 @@ class PlanScheduler(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def _stage_times(self, binding: Any) -> tuple[list[int], list[int]]:
-        """Scheduler steps at which each stage acts, and each stage's warmup in steps."""
         stages = binding.plan.stages if binding is not None else ()
-        per_epoch = self.steps_per_epoch if self.schedule.unit == "epoch" else None
-        steps, warmups = [], []
-        for st in stages:
-            if st.epoch is not None:
-                if self.schedule.unit == "step" and not self.steps_per_epoch:
-                    raise PlanError("stages in epochs need steps_per_epoch when the schedule counts steps")
-                spe = self.steps_per_epoch or 1
-                steps.append(int(round(st.epoch * spe)))
-                warmups.append(int(round(st.warmup * spe)))
-            else:
-                if self.schedule.unit == "epoch" and not per_epoch:
-                    raise PlanError("step= stages need a scheduler stepped every iteration: "
-                                    "pass steps_per_epoch, or use a schedule with unit: step")
-                steps.append(int(st.step))
-                warmups.append(int(round(st.warmup)))
-        return steps, warmups
+        return stage_steps(stages, self.schedule.unit, self.steps_per_epoch)
 
     def stage_state(self, step: int | None = None) -> list[tuple[bool, float]]:
         """(frozen, stage LR factor) per group at ``step`` (default: the current step)."""

@@ -154,6 +154,30 @@ def timelines(records: list[ParamRecord], stages: Sequence[Stage], frozen: list[
     return [tuple(e) for e in events], start
 
 
+def stage_steps(stages: Sequence[Stage], unit: str, steps_per_epoch: int | None
+                ) -> tuple[list[int], list[int]]:
+    """Scheduler steps at which each stage acts, and each stage's warmup in steps.
+
+    The scheduler steps once per epoch (``unit="epoch"`` without ``steps_per_epoch``) or once
+    per iteration; ``epoch=`` stages act on the first step of their epoch.
+    """
+    steps, warmups = [], []
+    for st in stages:
+        if st.epoch is not None:
+            if unit == "step" and not steps_per_epoch:
+                raise PlanError("stages in epochs need steps_per_epoch when the schedule counts steps")
+            spe = steps_per_epoch or 1
+            steps.append(int(round(st.epoch * spe)))
+            warmups.append(int(round(st.warmup * spe)))
+        else:
+            if unit == "epoch" and not steps_per_epoch:
+                raise PlanError("step= stages need a scheduler stepped every iteration: "
+                                "pass steps_per_epoch, or use a schedule with unit: step")
+            steps.append(int(st.step))
+            warmups.append(int(round(st.warmup)))
+    return steps, warmups
+
+
 def stage_state(events: tuple[Event, ...], stages: Sequence[Stage], frozen_at_start: bool,
                 step: int, steps_of: Sequence[int], warmup_of: Sequence[int]) -> tuple[bool, float]:
     """(frozen, LR factor from stages) of a group with ``events`` after ``step`` steps.
