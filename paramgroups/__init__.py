@@ -14,6 +14,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Rule": "rules",
     "Plan": "plan",
+    "Schedule": "schedules",
+    "Stage": "stages",
+    "snapshot": "snapshots",
+    "changed": "snapshots",
     "Audit": "report",
     "audit": "report",
     "freeze": "stages",
