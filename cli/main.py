@@ -207,6 +207,66 @@ def _check_tablefmt(tablefmt: str) -> None:
 
 
 @cli.command()
+@click.argument("before")
+@click.argument("after")
+@click.option("--rules", "rules", type=click.Path(dir_okay=True), default=None,
+              help="Plan file: flag tensors it says are frozen.")
+@click.option("--at", "at", type=click.FloatRange(min=0), default=None, metavar="EPOCH",
+              help="Judge frozen tensors at this epoch (default: frozen for the whole run).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
+@click.option("--tablefmt", default="simple", show_default=True, help="Any tabulate table format.")
+def diff(before: str, after: str, rules: str | None, at: float | None,
+         steps_per_epoch: int | None, tablefmt: str) -> None:
+    """Compare two checkpoints: every tensor that changed, with its max abs difference.
+
+    With a plan, tensors it says were frozen are flagged, and any that moved make the
+    command exit 1.
+    """
+    from tabulate import tabulate
+
+    from paramgroups.models import module_from_shapes, open_checkpoint, read_checkpoint_shapes
+    from paramgroups.snapshots import diff_states, frozen_names
+
+    _check_tablefmt(tablefmt)
+    a, b = open_checkpoint(before), open_checkpoint(after)
+    with click.progressbar(length=len(a), label="comparing", file=sys.stderr,
+                           show_pos=True) if sys.stderr.isatty() else _NoBar() as bar:
+        def progress(names):
+            for name in names:
+                yield name
+                bar.update(1)
+
+        changes = diff_states(a, b, progress)
+    frozen: set[str] = set()
+    if rules:
+        plan = _plan(rules, {})
+        model = module_from_shapes(read_checkpoint_shapes(before), before)
+        frozen = frozen_names(plan, model, changes, at, steps_per_epoch)
+    rows = [[name, f"{d:.3g}", "FROZEN" if name in frozen else ""] for name, d in changes.items()]
+    if rows:
+        click.echo(tabulate(rows, headers=["tensor", "max abs diff", "plan"], tablefmt=tablefmt,
+                            disable_numparse=True))
+    moved = [name for name in changes if name in frozen]
+    click.echo(f"{len(changes)} of {len(set(a) | set(b))} tensors changed"
+               + (f"; {len(moved)} frozen tensor(s) moved" if rules else ""))
+    if moved:
+        raise Violations()
+
+
+class _NoBar:
+    """Stands in for a progress bar when stderr is not a terminal."""
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+@cli.command()
 @click.argument("text", required=False)
 def models(text: str | None) -> None:
     """List the model names `inspect` can build, filtered by TEXT."""

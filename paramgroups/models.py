@@ -11,7 +11,8 @@ import difflib
 import importlib
 import pickle
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -149,17 +150,54 @@ def load_checkpoint_model(path: str | Path) -> nn.Module:
     return module_from_shapes(read_checkpoint_shapes(path), str(path))
 
 
-def read_checkpoint_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """``{name: (shape, dtype)}`` of every tensor in a checkpoint, without running code."""
+def _checked_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
     if path.is_dir():
         raise ModelError(f"{path}: is a directory, not a checkpoint")
+    return path
+
+
+def read_checkpoint_shapes(path: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{name: (shape, dtype)}`` of every tensor in a checkpoint, without running code."""
+    path = _checked_path(path)
     if path.suffix.lower() == ".safetensors":
         return _safetensors_shapes(path)
     state = _torch_load(path)
     return {k: (tuple(v.shape), v.dtype) for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+class SafetensorsFile(Mapping):
+    """A read-only mapping over a .safetensors file that loads one tensor at a time."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path = path
+        try:
+            self._file = safe_open(str(path), framework="pt", device="cpu")
+            self._keys = list(self._file.keys())
+        except Exception as exc:
+            raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._file.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def open_checkpoint(path: str | Path) -> Mapping[str, Any]:
+    """The checkpoint's state dict, read lazily: memory-mapped .pt, or safetensors one
+    tensor at a time, so comparing checkpoints of several GB needs little memory."""
+    path = _checked_path(path)
+    if path.suffix.lower() == ".safetensors":
+        return SafetensorsFile(path)
+    return _torch_load(path, map_location="cpu", mmap=True)
 
 
 def _safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -178,9 +216,14 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dt
         raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
-def _torch_load(path: Path) -> dict[str, Any]:
+def _torch_load(path: Path, map_location: str = "meta", mmap: bool = False) -> dict[str, Any]:
     try:
-        obj = torch.load(path, map_location="meta", weights_only=True)
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+            if not mmap or "mmap" not in str(exc):
+                raise
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
         raise ModelError(f"{path}: permission denied") from None
     except pickle.UnpicklingError as exc:

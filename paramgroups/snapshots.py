@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from typing import Callable, Iterable, Mapping
+
 from .inventory import canonical_name
+from .models import NORM_BUFFERS
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -35,3 +38,49 @@ def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, floa
         if not torch.equal(old, new):
             out[name] = max_abs_diff(old, new)
     return out
+
+
+def diff_states(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
+                progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> dict[str, float]:
+    """``{canonical name: max abs difference}`` of the tensors that differ, one at a time.
+
+    A tensor present on one side only counts as changed (difference ``inf``).
+    """
+    a = {canonical_name(k): k for k, v in before.items() if isinstance(v, torch.Tensor)}
+    b = {canonical_name(k): k for k, v in after.items() if isinstance(v, torch.Tensor)}
+    out = {}
+    for name in progress(list(dict.fromkeys([*a, *b]))):
+        if name not in a or name not in b:
+            out[name] = float("inf")
+            continue
+        x, y = before[a[name]], after[b[name]]
+        if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
+            out[name] = max_abs_diff(x, y)
+    return out
+
+
+def frozen_names(plan, model: nn.Module, names: Iterable[str], at: float | None = None,
+                 steps_per_epoch: int | None = None) -> set[str]:
+    """Which of ``names`` the plan says are frozen: at epoch ``at``, or for the whole run.
+
+    Norm running statistics count as frozen when every parameter of their layer is (and the
+    plan holds frozen norm layers, ``bn="freeze"``).
+    """
+    res = plan.resolve(model)
+    if at is None:
+        frozen = {a.record.index for a in res.assignments
+                  if a.frozen and not any(action == "thaw" for _, action in a.events)}
+    else:
+        state = plan.stage_state_at(res, at, steps_per_epoch)
+        frozen = {a.record.index for a in res.assignments if a.group is None or state[a.group][0]}
+    param_frozen = {n: rec.index in frozen for rec in res.records for n in rec.names}
+    out = {n for n, f in param_frozen.items() if f}
+    if plan.bn == "freeze":
+        by_module: dict[str, list[bool]] = {}
+        for p, f in param_frozen.items():
+            by_module.setdefault(p.rpartition(".")[0], []).append(f)
+        for name in names:
+            module, _, leaf = name.rpartition(".")
+            if leaf in NORM_BUFFERS and all(by_module.get(module, [False])):
+                out.add(name)
+    return out & set(names)
