@@ -18,6 +18,7 @@ _EXPORTS = {
     "Stage": "stages",
     "snapshot": "snapshots",
     "changed": "snapshots",
+    "resync_ddp": "distributed",
     "Audit": "report",
     "audit": "report",
     "freeze": "stages",

@@ -20,7 +20,7 @@ from . import optim
 from .config import Locations, read_plan_file
 from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, RuleError
 from .groups import build_groups
-from . import norms
+from . import distributed, norms
 from .inventory import ParamRecord, inventory
 from .layers import layer_ids, layer_scales
 from .schedules import Schedule
@@ -301,7 +301,14 @@ class Plan:
         return res
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """Apply the freeze masks and build the optimizer from the plan's groups."""
+        """Apply the freeze masks and build the optimizer from the plan's groups.
+
+        Given a ``DistributedDataParallel`` model, it records what DDP registered, so a
+        stage that thaws (or freezes) parameters behind DDP's back is an error at the next
+        forward, with the fix (:func:`paramgroups.resync_ddp`), never a silent desync.
+        """
+        if distributed.is_ddp(model):
+            distributed.watch(model)
         res = self.apply(model)
         opt = self.build_optimizer(res)
         setattr(opt, PLAN_TAG, Binding(self, res, model))
