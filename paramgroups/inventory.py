@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable
 
 import torch
@@ -69,7 +70,12 @@ def canonical_name(name: str) -> str:
 
 def is_norm(module: nn.Module) -> bool:
     """Whether ``module`` is a normalization layer (torch's or a look-alike by class name)."""
-    return isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.fullmatch(type(module).__name__))
+    return _is_norm_class(type(module))
+
+
+@lru_cache(maxsize=None)
+def _is_norm_class(cls: type) -> bool:
+    return issubclass(cls, _NORM_TYPES) or bool(_NORM_NAME.fullmatch(cls.__name__))
 
 
 def no_decay_tokens(model: nn.Module) -> frozenset[str]:
@@ -103,9 +109,13 @@ def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, names: list[str],
 
 
 def _mro_names(module: nn.Module) -> tuple[str, ...]:
-    return tuple(
-        c.__name__ for c in type(module).__mro__ if issubclass(c, nn.Module) and c is not nn.Module
-    ) or ("Module",)
+    return _class_names(type(module))
+
+
+@lru_cache(maxsize=None)
+def _class_names(cls: type) -> tuple[str, ...]:
+    return tuple(c.__name__ for c in cls.__mro__ if issubclass(c, nn.Module) and c is not nn.Module
+                 ) or ("Module",)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

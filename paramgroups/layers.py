@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import PlanError
 from .inventory import ParamRecord, module_names, unwrap
-from .patterns import to_path
+from .patterns import NameIndex
 from .rules import Rule
 
 
@@ -61,11 +61,11 @@ def _slot_ids(records: list[ParamRecord], pattern: str) -> list[int]:
 
 def _list_ids(records: list[ParamRecord], patterns: Sequence[str | Sequence[str]]) -> list[int]:
     covers = module_names(records)
-    paths = {n: to_path(n) for n in covers}
+    index = NameIndex(covers)
     ids = [len(patterns) - 1] * len(records)
     assigned = [False] * len(records)
     for layer, pattern in enumerate(patterns):
-        hit = Rule(pattern).select(records, covers, paths)
+        hit = Rule(pattern).select(records, covers, index)
         if not hit:
             raise PlanError(f"layers[{layer}] {pattern!r} matches no parameter")
         for i in hit:

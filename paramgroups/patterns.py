@@ -8,6 +8,7 @@ on ``/``-separated paths, braces are expanded first (``{0..5}`` would otherwise 
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -27,20 +28,65 @@ def to_path(name: str) -> str:
     return name.replace(".", "/")
 
 
+class NameIndex:
+    """The names patterns are tried on (parameters and modules), sorted, with their ``/`` forms.
+
+    Built once per model; lets a glob look only at the names that start with its literal
+    prefix (a bisect) and end with its literal suffix, so resolving many rules against many
+    parameters stays fast.
+    """
+
+    def __init__(self, names: Iterable[str]):
+        self.names = sorted(names)
+        self.paths = {n: to_path(n) for n in self.names}
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        if not prefix:
+            return self.names
+        lo = bisect.bisect_left(self.names, prefix)
+        hi = bisect.bisect_left(self.names, prefix + "\U0010ffff")
+        return self.names[lo:hi]
+
+
+_LITERAL_EDGE = re.compile(r"^[^*?\[\]{}()!@+|]*")
+
+
 @dataclass(frozen=True)
 class Pattern:
-    """One compiled pattern. ``text`` is what the user wrote (without a leading ``!``)."""
+    """One compiled pattern. ``text`` is what the user wrote (without a leading ``!``).
+
+    A glob is kept as one regex per brace alternative, each with the literal prefix and
+    suffix every match must have.
+    """
 
     text: str
     regex: re.Pattern[str]
     is_regex: bool
     literal: str | None  # set when the pattern has no wildcard: matched by equality
+    alternatives: tuple[tuple[str, str, re.Pattern[str]], ...] = ()
+    everything: bool = False  # ``**``: every name
 
     def matches(self, name: str, path: str) -> bool:
         """Whether the dotted ``name`` (whose ``/`` form is ``path``) matches."""
         if self.literal is not None:
             return name == self.literal
         return self.regex.fullmatch(name if self.is_regex else path) is not None
+
+    def select(self, index: NameIndex) -> list[str]:
+        """The names of ``index`` this pattern matches."""
+        if self.everything:
+            return index.names
+        if self.literal is not None:
+            return [self.literal] if self.literal in index.paths else []
+        if self.is_regex:
+            return [n for n in index.names if self.regex.fullmatch(n)]
+        out: list[str] = []
+        paths = index.paths
+        for prefix, suffix, regex in self.alternatives:
+            for n in index.with_prefix(prefix):
+                if n.endswith(suffix) and regex.fullmatch(paths[n]):
+                    out.append(n)
+        return out
 
 
 def compile_pattern(text: str) -> Pattern:
@@ -60,18 +106,18 @@ def compile_pattern(text: str) -> Pattern:
         expanded = bracex.expand(text, limit=_MAX_EXPANSION)
     except Exception as exc:  # bracex raises a bare ValueError/RuntimeError subclass
         raise PatternError(f"invalid pattern {text!r}: {exc}") from None
-    regexes = []
-    for alt in expanded:
-        try:
-            include, _ = wcglob.translate(to_path(alt), flags=_FLAGS)
-        except Exception as exc:
-            raise PatternError(f"invalid pattern {text!r}: {exc}") from None
-        regexes.extend(include)
-    joined = "|".join(f"(?:{r})" for r in regexes)
+    alternatives = []
     try:
-        return Pattern(text, re.compile(joined), False, None)
-    except re.error as exc:  # pragma: no cover - wcmatch emits valid regexes
+        for alt in dict.fromkeys(expanded):
+            include, _ = wcglob.translate(to_path(alt), flags=_FLAGS)
+            regex = re.compile("|".join(f"(?:{r})" for r in include))
+            prefix = _LITERAL_EDGE.match(alt).group(0)
+            suffix = _LITERAL_EDGE.match(alt[::-1]).group(0)[::-1]
+            alternatives.append((prefix, suffix, regex))
+    except Exception as exc:  # wcmatch's own errors for malformed globs
         raise PatternError(f"invalid pattern {text!r}: {exc}") from None
+    joined = re.compile("|".join(f"(?:{r.pattern})" for _, _, r in alternatives))
+    return Pattern(text, joined, False, None, tuple(alternatives), everything=text == "**")
 
 
 class PatternList:
@@ -100,6 +146,11 @@ class PatternList:
         """The subset of ``names`` that any include (or exclude) pattern matches."""
         pats = self.include if which == "include" else self.exclude
         return {n for n in names if any(p.matches(n, to_path(n)) for p in pats)}
+
+    def select(self, index: NameIndex, which: str = "include") -> set[str]:
+        """The names of ``index`` that any include (or exclude) pattern matches."""
+        pats = self.include if which == "include" else self.exclude
+        return {n for p in pats for n in p.select(index)}
 
     def __repr__(self) -> str:
         return f"PatternList({list(self.texts)!r})"

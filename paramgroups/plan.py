@@ -270,7 +270,7 @@ class Plan:
         keep = [self.norm_trainable and "norm" in a.record.kinds and a.record.is_float
                 for a in res.assignments]
         frozen = [a.frozen and not k for a, k in zip(res.assignments, keep)]
-        events, start = timelines(records, self.stages, frozen, keep)
+        events, start = timelines(records, self.stages, frozen, keep, res.covers, res.index)
         for a, ev, fr in zip(res.assignments, events, start):
             a.events, a.frozen = ev, fr
         res.groups = build_groups(res.assignments)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .errors import ParamgroupsError, RuleError, UnmatchedRuleError
 from .inventory import KINDS, ParamRecord, module_names
-from .patterns import PatternList, to_path
+from .patterns import NameIndex, PatternList
 
 SETTINGS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group")
 RULE_FIELDS = ("match", "modules", "kinds", "optional", *SETTINGS)
@@ -121,14 +121,14 @@ class Rule:
         return f"{loc}rule {index}"
 
     def select(self, records: list[ParamRecord], covers: dict[str, list[int]],
-               paths: dict[str, str]) -> list[int]:
+               index: NameIndex) -> list[int]:
         """Indices of the records this rule selects, in model order."""
         if self.patterns.everything:
             chosen = set(range(len(records)))
         else:
-            chosen = _covered(covers, paths, self.patterns.include)
+            chosen = _covered(covers, self.patterns.select(index))
         if self.patterns.exclude:
-            chosen -= _covered(covers, paths, self.patterns.exclude)
+            chosen -= _covered(covers, self.patterns.select(index, "exclude"))
         out = []
         for idx in sorted(chosen):
             rec = records[idx]
@@ -142,11 +142,10 @@ class Rule:
         return out
 
 
-def _covered(covers: dict[str, list[int]], paths: dict[str, str], patterns: list) -> set[int]:
+def _covered(covers: dict[str, list[int]], names: set[str]) -> set[int]:
     found: set[int] = set()
-    for name, path in paths.items():
-        if any(p.matches(name, path) for p in patterns):
-            found.update(covers[name])
+    for name in names:
+        found.update(covers[name])
     return found
 
 
@@ -180,6 +179,8 @@ class Resolution:
     unmatched: list[int]
     problems: list[str]
     groups: list = field(default_factory=list)  # list[groups.Group], filled by the plan
+    covers: dict[str, list[int]] = field(default_factory=dict, repr=False)
+    index: NameIndex | None = field(default=None, repr=False)
 
 
 def closest_names(pattern: str, covers: dict[str, list[int]], n: int = 3) -> list[str]:
@@ -200,12 +201,12 @@ def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float
     :class:`UnmatchedRuleError`; otherwise it is reported in ``Resolution.problems``.
     """
     covers = module_names(records)
-    paths = {name: to_path(name) for name in covers}
+    index = NameIndex(covers)
     fields: list[dict[str, Any]] = [{} for _ in records]
     touched: list[list[int]] = [[] for _ in records]
     unmatched, problems = [], []
     for i, rule in enumerate(rules):
-        selected = rule.select(records, covers, paths)
+        selected = rule.select(records, covers, index)
         if not selected and not rule.optional:
             close = closest_names(str(rule.patterns.texts[0]), covers)
             hint = f"; closest names: {', '.join(close)}" if close else ""
@@ -229,7 +230,7 @@ def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float
         assignments.append(Assignment(rec, lr, wd, frozen, f.get("group"), options, rules_hit,
                                       layer=layers[i] if layers is not None else None,
                                       lr_scale=scale))
-    return Resolution(records, assignments, unmatched, problems)
+    return Resolution(records, assignments, unmatched, problems, covers=covers, index=index)
 
 
 def _describe(rule: Rule) -> str:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import PlanError, RuleError, UnmatchedRuleError
 from .inventory import ParamRecord, inventory, module_names
-from .patterns import to_path
+from .patterns import NameIndex
 from .rules import Rule, closest_names
 
 STAGE_FIELDS = ("epoch", "step", "unfreeze", "freeze", "lr_mult", "warmup", "warmup_start")
@@ -115,15 +115,18 @@ def stage_order(stages: Sequence[Stage]) -> list[int]:
 
 
 def timelines(records: list[ParamRecord], stages: Sequence[Stage], frozen: list[bool],
-              keep_trainable: list[bool]) -> tuple[list[tuple[Event, ...]], list[bool]]:
+              keep_trainable: list[bool], covers: dict[str, list[int]] | None = None,
+              index: NameIndex | None = None) -> tuple[list[tuple[Event, ...]], list[bool]]:
     """Per record: the stage events that change its frozen state, and its state at step 0.
 
     ``frozen`` is the state the rules give; ``keep_trainable`` marks records no stage may
     freeze (norm parameters with ``norm_trainable``). A stage that thaws a parameter that is
     already trainable, or freezes a frozen one, is no event for it.
     """
-    covers = module_names(records)
-    paths = {n: to_path(n) for n in covers}
+    if not stages:
+        return [()] * len(records), list(frozen)
+    covers = covers if covers is not None else module_names(records)
+    index = index if index is not None else NameIndex(covers)
     picks = []
     for i, stage in enumerate(stages):
         pick = {}
@@ -131,7 +134,7 @@ def timelines(records: list[ParamRecord], stages: Sequence[Stage], frozen: list[
             if patterns is None:
                 continue
             rule = Rule(patterns if isinstance(patterns, str) else list(patterns))
-            chosen = rule.select(records, covers, paths)
+            chosen = rule.select(records, covers, index)
             if not chosen:
                 close = closest_names(rule.patterns.texts[0], covers)
                 hint = f"; closest names: {', '.join(close)}" if close else ""
@@ -204,9 +207,9 @@ def _select(model: nn.Module, patterns: tuple[str, ...]) -> list[nn.Parameter]:
         raise UnmatchedRuleError("give at least one pattern to select parameters")
     records = inventory(model)
     covers = module_names(records)
-    paths = {name: to_path(name) for name in covers}
+    index = NameIndex(covers)
     rule = Rule(list(patterns))
-    selected = rule.select(records, covers, paths)
+    selected = rule.select(records, covers, index)
     if not selected:
         close = closest_names(patterns[0], covers)
         hint = f"; closest names: {', '.join(close)}" if close else ""
