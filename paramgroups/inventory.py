@@ -136,6 +136,11 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     records: list[ParamRecord] = []
     by_id: dict[int, ParamRecord] = {}
     for raw, param in model.named_parameters(remove_duplicate=False):
+        if type(param).__name__ == "FlatParameter" or raw.rpartition(".")[2] == "_flat_param":
+            raise ModelError(
+                f"{raw} is a FlatParameter: FSDP without use_orig_params=True flattens each wrapped "
+                f"module's parameters into one tensor, so per-parameter groups are impossible. Wrap "
+                f"with FullyShardedDataParallel(..., use_orig_params=True), or use FSDP2 (fully_shard)")
         name = canonical_name(raw)
         rec = by_id.get(id(param))
         if rec is not None:

@@ -151,6 +151,8 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         m["numel"] += r["numel"]
         m["rules"] = sorted(set(m["rules"]) | set(r["rules"]))
         m["kinds"] = sorted(set(m["kinds"]) | set(r["kinds"]))
+        if r["stats"] is not None and m["stats"] != r["stats"]:  # layers without statistics don't vote
+            m["stats"] = r["stats"] if m["stats"] is None else MIXED
         for col in ("shape", "dtype", "module", "group", "lr", "weight_decay", "trainable",
                     "layer", "lr_scale"):
             if m[col] != r[col]:

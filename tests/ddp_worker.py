@@ -88,3 +88,65 @@ def frozen_after_wrap(rank: int) -> str:
 
 SCENARIOS = {"synced": synced, "no_resync_after_thaw": no_resync_after_thaw,
              "frozen_after_wrap": frozen_after_wrap}
+
+
+def _digest(model, plan) -> str:
+    """Group layout and a checksum of the parameters after two steps, to compare ranks."""
+    opt = plan.optimizer(model)
+    layout = [(g["name"], len(g["params"])) for g in opt.param_groups]
+    for step in range(2):
+        x, y = stagenet.batch(100 * dist.get_rank() + step)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    total = sum(float(p.detach().full_tensor().double().sum()) if hasattr(p, "full_tensor")
+                else float(p.detach().double().sum()) for p in model.parameters())
+    names = [a.record.name for a in plan.resolve(model).assignments]
+    return repr((layout, names, round(total, 10)))
+
+
+def _wrapper_plan() -> Plan:
+    from paramgroups import Rule
+
+    return Plan([Rule("stem", freeze=True), Rule("fc", lr=0.5), Rule(kinds=["bias", "norm"], weight_decay=0)],
+                lr=0.05, weight_decay=1e-3, optimizer="adamw")
+
+
+def ddp_groups(rank: int) -> str:
+    net = stagenet.Net()
+    plan = _wrapper_plan()
+    plan.apply(net)
+    return _digest(DDP(net), plan)
+
+
+def fsdp2_groups(rank: int) -> str:
+    from torch.distributed.fsdp import fully_shard
+
+    net = stagenet.Net()
+    plan = _wrapper_plan()
+    plan.apply(net)
+    for block in (net.stem, net.layer1, net.layer2):
+        fully_shard(block)
+    fully_shard(net)
+    return _digest(net, plan)
+
+
+def fsdp1_flat(rank: int) -> str:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    model = FSDP(stagenet.Net(), use_orig_params=False)
+    _wrapper_plan().param_groups(model)
+    return "no error"
+
+
+def fsdp1_orig_params(rank: int) -> str:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    net = stagenet.Net()
+    plan = _wrapper_plan()
+    plan.apply(net)
+    return _digest(FSDP(net, use_orig_params=True), plan)
+
+
+SCENARIOS.update(ddp_groups=ddp_groups, fsdp2_groups=fsdp2_groups, fsdp1_flat=fsdp1_flat,
+                 fsdp1_orig_params=fsdp1_orig_params)

@@ -149,3 +149,13 @@ def test_timm_vit_kinds_and_no_weight_decay():
     assert "embedding" in rows["pos_embed"]["kinds"] and "embedding" in rows["cls_token"]["kinds"]
     assert rows["blocks.0.norm1.weight"]["kinds"] == ["ndim<=1", "norm", "weight"]
     assert next(model.parameters()).device.type == "meta"
+
+
+def test_collapse_merges_norm_statistics(resnet18_meta):
+    plan = Plan.progressive(["fc", "layer4"], every=1, lr=0.1)
+    rows = {r["name"]: r["stats"] for r in audit(resnet18_meta, plan, at=1).collapse(1).parameters}
+    assert rows == {"conv1": None, "bn1": "frozen", "layer1": "frozen", "layer2": "frozen",
+                    "layer3": "frozen", "layer4": "updating", "fc": None}
+    half = Plan([Rule("layer4.0", freeze=True)])  # layer4.0's norms held, layer4.1's updating
+    mixed = {r["name"]: r["stats"] for r in audit(resnet18_meta, half).collapse(1).parameters}
+    assert (mixed["layer4"], mixed["layer3"]) == ("mixed", "updating")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -42,3 +43,26 @@ def test_freezing_what_ddp_registered_is_an_error_with_the_fix(tmp_path):
     for result in run_two("frozen_after_wrap", tmp_path):
         assert result.startswith("error: ") and "Expected to have finished reduction" in result
         assert "resync_ddp" in result
+
+
+NO_FSDP1 = pytest.mark.skipif(not torch.cuda.is_available(),
+                              reason="FSDP1 (FullyShardedDataParallel) needs a CUDA device in this torch")
+
+
+@pytest.mark.parametrize("scenario", ["ddp_groups", "fsdp2_groups",
+                                      pytest.param("fsdp1_orig_params", marks=NO_FSDP1)])
+def test_wrapped_models_build_identical_groups_and_steps_on_all_ranks(tmp_path, scenario):
+    results = run_two(scenario, tmp_path)
+    assert not results[0].startswith(("error", "crash")), results[0]
+    assert results[0] == results[1]
+    layout, names, _ = eval(results[0])  # noqa: S307 - our own repr of plain data
+    net = ddp_worker.stagenet.Net()
+    plan = ddp_worker._wrapper_plan()
+    assert names == [n for n, _ in net.named_parameters()]
+    assert layout == [(g["name"], len(g["params"])) for g in plan.param_groups(net)]
+
+
+@NO_FSDP1
+def test_fsdp1_without_orig_params_is_refused(tmp_path):
+    for result in run_two("fsdp1_flat", tmp_path):
+        assert result.startswith("error: ") and "use_orig_params=True" in result, result
