@@ -80,3 +80,17 @@ def test_hundred_thousand_tensors_and_hundred_rules():
     assert by_id[id(big.blocks[24_999].attn.weight)]["lr"] == 0.1  # past the last range rule
     assert by_id[id(big.blocks[0].attn.bias)]["weight_decay"] == 0
     assert by_id[id(big.blocks[7].norm.weight)]["lr"] == pytest.approx(0.05)
+
+
+def test_billion_parameter_timm_model_inspects_on_meta(capsys):
+    import json
+
+    from paramgroups.cli.main import main
+
+    assert main(["inspect", "timm:vit_giant_patch14_224", "--format", "json", "--optimizer", "adamw"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["numel"] == 1_012_611_432 and len(data["parameters"]) == 488
+    assert data["totals"]["optimizer_state_bytes"] == 8 * 1_012_611_432
+    from paramgroups.models import build_model
+
+    assert {p.device.type for p in build_model("timm:vit_giant_patch14_224").parameters()} == {"meta"}
