@@ -101,7 +101,7 @@ def _digest(model, plan) -> str:
         opt.step()
     total = sum(float(p.detach().full_tensor().double().sum()) if hasattr(p, "full_tensor")
                 else float(p.detach().double().sum()) for p in model.parameters())
-    names = [a.record.name for a in plan.resolve(model).assignments]
+    names = [(a.record.name, a.record.shape) for a in plan.resolve(model).assignments]
     return repr((layout, names, round(total, 10)))
 
 

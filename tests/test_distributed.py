@@ -58,7 +58,7 @@ def test_wrapped_models_build_identical_groups_and_steps_on_all_ranks(tmp_path, 
     layout, names, _ = eval(results[0])  # noqa: S307 - our own repr of plain data
     net = ddp_worker.stagenet.Net()
     plan = ddp_worker._wrapper_plan()
-    assert names == [n for n, _ in net.named_parameters()]
+    assert names == [(n, tuple(p.shape)) for n, p in net.named_parameters()]  # global shapes
     assert layout == [(g["name"], len(g["params"])) for g in plan.param_groups(net)]
 
 
