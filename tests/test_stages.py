@@ -212,32 +212,36 @@ def test_scheduler_needs_the_plans_own_optimizer():
         plan.scheduler(torch.optim.SGD(Net().parameters(), lr=0.1))
 
 
-@pytest.mark.parametrize("schedule,stop", [
-    ("cosine", 2),       # mid-warmup, before any stage
-    ("cosine", 6),       # exactly at the first stage boundary
-    ("multistep", 13),   # after the last thaw, mid-decay
-    ("onecycle", 8),
-    ("constant", 16),    # after a freeze stage
-])
-def test_resume_in_a_second_process_is_bitwise(tmp_path, schedule, stop):
+CASES = [(schedule, "progressive") for schedule in stagenet.SCHEDULES] + [
+    ("cosine", "warmup"), ("multistep", "step"), ("constant", "freeze"), ("plateau", "freeze")]
+
+
+def test_resume_in_a_second_process_is_bitwise_for_every_schedule_and_stage_kind(tmp_path):
+    """Train, save at a random step, finish in a new process: equal to the uninterrupted run."""
+    import random
+
     torch.use_deterministic_algorithms(True)
     total = stagenet.STEPS_PER_EPOCH * stagenet.EPOCHS
-    model, opt, sched = stagenet.setup(schedule)
-    stagenet.train(model, opt, sched, 0, total)
-    reference = {k: v.clone() for k, v in model.state_dict().items()}
-    lrs, frozen = sched.get_last_lr(), trainable(model)
-
-    model, opt, sched = stagenet.setup(schedule)
-    stagenet.train(model, opt, sched, 0, stop)
-    ckpt, out = tmp_path / "ckpt.pt", tmp_path / "out.pt"
-    stagenet.save(str(ckpt), model, opt, sched)
-    proc = subprocess.run([sys.executable, stagenet.__file__, schedule, str(ckpt), str(stop), str(out)],
-                          capture_output=True, text=True, timeout=120)
+    rng = random.Random(20261123)
+    expected, jobs = {}, []
+    for n, (schedule, stages) in enumerate(CASES):
+        model, opt, sched = stagenet.setup(schedule, stages)
+        stagenet.train(model, opt, sched, 0, total)
+        expected[n] = ({k: v.clone() for k, v in model.state_dict().items()}, sched.get_last_lr(),
+                       trainable(model))
+        stop = rng.randrange(1, total)
+        model, opt, sched = stagenet.setup(schedule, stages)
+        stagenet.train(model, opt, sched, 0, stop)
+        stagenet.save(str(tmp_path / f"ckpt{n}.pt"), model, opt, sched)
+        jobs += [schedule, stages, str(tmp_path / f"ckpt{n}.pt"), str(stop), str(tmp_path / f"out{n}.pt")]
+    proc = subprocess.run([sys.executable, stagenet.__file__, *jobs], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    resumed = torch.load(out, weights_only=True)
-    for key, value in reference.items():
-        assert torch.equal(resumed["model"][key], value), key
-    assert [g["lr"] for g in resumed["opt"]["param_groups"]] == lrs
-    model2, _, sched2 = stagenet.setup(schedule)
-    sched2.load_state_dict(resumed["sched"])
-    assert trainable(model2) == frozen
+    for n, (schedule, stages) in enumerate(CASES):
+        params, lrs, frozen = expected[n]
+        resumed = torch.load(tmp_path / f"out{n}.pt", weights_only=True)
+        for key, value in params.items():
+            assert torch.equal(resumed["model"][key], value), (schedule, stages, key)
+        assert [g["lr"] for g in resumed["opt"]["param_groups"]] == lrs, (schedule, stages)
+        model2, _, sched2 = stagenet.setup(schedule, stages)
+        sched2.load_state_dict(resumed["sched"])
+        assert trainable(model2) == frozen, (schedule, stages)
