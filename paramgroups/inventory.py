@@ -65,6 +65,8 @@ class ParamRecord:
 
 def canonical_name(name: str) -> str:
     """Drop wrapper segments from a dotted name: ``module._orig_mod.fc.weight`` -> ``fc.weight``."""
+    if "module" not in name and "_orig_mod" not in name:  # every wrapper segment has one of these
+        return name
     return ".".join(s for s in name.split(".") if s not in WRAPPER_SEGMENTS)
 
 
@@ -171,10 +173,13 @@ def module_names(records: list[ParamRecord]) -> dict[str, list[int]]:
     covers: dict[str, list[int]] = {}
     for rec in records:
         for name in rec.names:
-            parts = name.split(".")
-            for depth in range(1, len(parts) + 1):
-                prefix = ".".join(parts[:depth])
+            end = -1
+            while True:
+                end = name.find(".", end + 1)
+                prefix = name if end < 0 else name[:end]
                 lst = covers.setdefault(prefix, [])
                 if not lst or lst[-1] != rec.index:
                     lst.append(rec.index)
+                if end < 0:
+                    break
     return covers

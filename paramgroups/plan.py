@@ -8,6 +8,7 @@ groups; those become ordinary ``torch.optim`` param groups and optimizers.
 from __future__ import annotations
 
 import difflib
+import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,6 +261,10 @@ class Plan:
 
     def resolve(self, model: nn.Module, *, strict: bool = True) -> Resolution:
         """Resolve the rules against ``model``: assignments, groups and problems."""
+        with _gc_paused():  # many small objects, no cycles: collections only cost time
+            return self._resolve(model, strict)
+
+    def _resolve(self, model: nn.Module, strict: bool) -> Resolution:
         records = inventory(model)
         layers = scales = None
         if self.layer_decay is not None:
@@ -393,6 +398,17 @@ def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise PlanError(f"{name} must be true or false, got {value!r}")
     return value
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Located(Exception):
