@@ -41,11 +41,13 @@ def child(code: str) -> dict:
 
 
 def header(title: str) -> None:
-    import torch
+    """Title, date, machine and command. Imports no torch: children's peak RSS would inherit it."""
+    import os
+    from importlib.metadata import version
 
     print(f"# {title}")
-    print(f"# {time.strftime('%Y-%m-%d')}  {platform.machine()}  {platform.processor() or ''}  "
-          f"torch {torch.__version__}  threads {torch.get_num_threads()}  python {platform.python_version()}")
+    print(f"# {time.strftime('%Y-%m-%d')}  {platform.machine()}  {os.cpu_count()} cores  "
+          f"torch {version('torch')}  python {platform.python_version()}")
     print(f"# command: {' '.join(['python', *sys.argv])}")
 
 
