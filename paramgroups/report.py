@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -38,9 +38,11 @@ class Audit:
     groups: list[dict[str, Any]]
     totals: dict[str, Any]
     problems: list[str] = field(default_factory=list)
+    implementation: str | None = None  # "fused", "foreach" or "for-loop": the step's code path
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "optimizer": self.optimizer, "parameters": self.parameters,
+        return {"model": self.model, "optimizer": self.optimizer,
+                "implementation": self.implementation, "parameters": self.parameters,
                 "groups": self.groups, "totals": self.totals, "problems": self.problems}
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -56,12 +58,11 @@ class Audit:
         if match is not None:
             pats = PatternList(match)
             rows = [r for r in rows if _row_matches(pats, r)]
-        return Audit(self.model, self.optimizer, rows, self.groups, self.totals, self.problems)
+        return replace(self, parameters=rows)
 
     def collapse(self, depth: int) -> "Audit":
         """The audit with parameter rows merged into modules ``depth`` segments deep."""
-        return Audit(self.model, self.optimizer, collapse(self.parameters, depth), self.groups,
-                     self.totals, self.problems)
+        return replace(self, parameters=collapse(self.parameters, depth))
 
     def columns(self) -> tuple[str, ...]:
         """Table columns: the layer columns only when some parameter has a layer id."""
@@ -91,7 +92,8 @@ class Audit:
         return [["parameters", f"{t['params']:,}"], ["numel", f"{t['numel']:,}"],
                 ["trainable", f"{t['trainable']:,} ({pct(t['trainable'])})"],
                 ["frozen", f"{t['frozen']:,} ({pct(t['frozen'])})"],
-                ["optimizer state", "unknown" if state is None else _bytes(state)]]
+                ["optimizer state", "unknown" if state is None else _bytes(state)],
+                ["optimizer step", f"{self.optimizer} ({self.implementation})"]]
 
     def to_markdown(self) -> str:
         return self.to_table("github")
@@ -195,7 +197,18 @@ def audit(model: nn.Module, plan: Plan | None = None,
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
     nbytes = _state_bytes(cls, [([a.record for a in g.members if not state[g.index][0]], m)
                                 for g, m in zip(res.groups, merged)])
-    return Audit(model_name, cls.__name__, params, groups, _totals(params, nbytes), problems)
+    chosen = optim.implementation(cls, plan.optimizer_options, res.records)
+    path = _path({**plan.optimizer_options, **chosen}, cls)
+    return Audit(model_name, cls.__name__, params, groups, _totals(params, nbytes), problems, path)
+
+
+def _path(options: dict[str, Any], cls: type) -> str:
+    """Which step implementation torch runs for these constructor options."""
+    if options.get("fused"):
+        return "fused"
+    if options.get("foreach"):
+        return "foreach"
+    return "for-loop" if "foreach" in optim.accepted_options(cls)[0] else "default"
 
 
 def _held_norms(res, frozen: list[bool]) -> set[int]:
@@ -256,7 +269,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
                                  g.get("weight_decay"), options))
         state_input.append(([r for r in recs if r.param.requires_grad], dict(g)))
     state = _state_bytes(type(opt), state_input)
-    return Audit(model_name, type(opt).__name__, params, groups, _totals(params, state), problems)
+    return Audit(model_name, type(opt).__name__, params, groups, _totals(params, state), problems,
+                 _path(opt.defaults, type(opt)))
 
 
 _MISSING = object()

@@ -159,3 +159,12 @@ def test_collapse_merges_norm_statistics(resnet18_meta):
     half = Plan([Rule("layer4.0", freeze=True)])  # layer4.0's norms held, layer4.1's updating
     mixed = {r["name"]: r["stats"] for r in audit(resnet18_meta, half).collapse(1).parameters}
     assert (mixed["layer4"], mixed["layer3"]) == ("mixed", "updating")
+
+
+def test_audit_says_which_step_implementation_runs(toy):
+    assert audit(toy, Plan(optimizer="adamw")).implementation == "foreach"
+    assert audit(toy, Plan(optimizer="adamw", foreach=False)).implementation == "for-loop"
+    assert audit(toy, Plan(optimizer="lbfgs")).implementation == "default"
+    assert audit(toy, optimizer=torch.optim.SGD(toy.parameters(), lr=0.1, foreach=False)).implementation == "for-loop"
+    assert "AdamW (foreach)" in audit(toy, Plan(optimizer="adamw")).to_table()
+    assert json.loads(audit(toy, Plan(optimizer="adamw")).to_json())["implementation"] == "foreach"

@@ -18,7 +18,7 @@ import yaml
 from paramgroups.cli.main import main
 
 RESNET18_NUMEL = 11_689_512
-JSON_TOP = {"model", "optimizer", "parameters", "groups", "totals", "problems"}
+JSON_TOP = {"model", "optimizer", "implementation", "parameters", "groups", "totals", "problems"}
 JSON_PARAM = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "lr",
               "weight_decay", "trainable", "rules", "layer", "lr_scale", "stats"}
 JSON_GROUP = {"index", "name", "params", "numel", "lr", "weight_decay", "options"}
