@@ -118,10 +118,14 @@ def parse_plan_text(text: str, kind: str, source: str) -> tuple[Any, Locations]:
         except RecursionError:
             raise ConfigError(f"{source}: malformed JSON: nested too deeply") from None
     try:
-        node = yaml.compose(text, Loader=_Loader)
-        lines = _yaml_lines(node)
-        if kind == "yaml":
-            data = yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
+        loader = _Loader(text)  # a SafeLoader: builds plain data only, never objects
+        try:
+            node = loader.get_single_node()
+            lines = _yaml_lines(node)
+            if kind == "yaml":
+                data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         if kind == "json":  # JSON that YAML cannot compose: keep the data, lose the lines
             return data, Locations(source)
