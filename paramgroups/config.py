@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, ParamgroupsError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,3 +158,22 @@ def read_plan_file(path: str | Path) -> tuple[Any, Locations]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return parse_plan_text(text, kind, str(path))
+
+
+class LocatedError(Exception):
+    """Carries an error that already says where it happened past the generic handler."""
+
+    def __init__(self, error: ParamgroupsError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextmanager
+def located(loc: Locations, key: str) -> Iterator[None]:
+    """Prefix errors raised inside with ``file:line:`` of ``key`` (when from a file)."""
+    try:
+        yield
+    except ParamgroupsError as exc:
+        if loc.source is None:
+            raise
+        raise type(exc)(f"{loc.prefix(key)}{exc}") from None

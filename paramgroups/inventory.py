@@ -183,3 +183,8 @@ def module_names(records: list[ParamRecord]) -> dict[str, list[int]]:
                 if end < 0:
                     break
     return covers
+
+
+def owners(records: list[ParamRecord]) -> list[nn.Module]:
+    """The distinct modules that own the records' parameters, in model order."""
+    return list({id(r.owner): r.owner for r in records}.values())

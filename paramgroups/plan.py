@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import optim
-from .config import Locations, read_plan_file
+from . import distributed, norms, optim
+from .config import LocatedError, Locations, located, read_plan_file
 from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, RuleError
 from .groups import build_groups
-from . import distributed, norms
-from .inventory import ParamRecord, inventory
+from .inventory import inventory, owners
 from .layers import layer_ids, layer_scales
 from .schedules import Schedule
 from .stages import Stage, check_stages, stage_state, stage_steps, timelines
@@ -81,20 +80,20 @@ class Plan:
               options: dict[str, Any], loc: Locations, extras: dict[str, Any]) -> None:
         self._loc = loc
         for name, default in EXTRA_FIELDS.items():
-            with _located(loc, name):
+            with located(loc, name):
                 setattr(self, name, getattr(self, f"_parse_{name}")(extras.get(name, default)))
         self.optimizer_spec = optimizer
-        with _located(loc, "optimizer"):
+        with located(loc, "optimizer"):
             self.optimizer_class = optim.optimizer_class(optimizer)
-        with _located(loc, "lr"):
+        with located(loc, "lr"):
             self.lr = check_number("lr", lr, PlanError)
-        with _located(loc, "weight_decay"):
+        with located(loc, "weight_decay"):
             if weight_decay is None:
                 raise PlanError("weight_decay must be a number, got None")
             self.weight_decay = check_number("weight_decay", weight_decay, PlanError)
         self.optimizer_options = {}
         for key, value in options.items():
-            with _located(loc, key):
+            with located(loc, key):
                 self._check_plan_option(key)
                 self.optimizer_options[key] = optim.check_option_value(self.optimizer_class, key, value)
         self.rules = [self._rule(i, r) for i, r in enumerate(rules)]
@@ -165,7 +164,7 @@ class Plan:
                 self._check_rule_option(key)
                 built.options[key] = optim.check_option_value(self.optimizer_class, key, value)
             return built
-        except _Located as exc:
+        except LocatedError as exc:
             raise exc.error from None
         except ParamgroupsError as exc:
             raise located_rule_error(exc, index, self._loc.source, line) from None
@@ -182,7 +181,7 @@ class Plan:
                 self._check_rule_option(key)
             except RuleError as exc:  # point at the key's own line
                 line = self._loc.line("rules", index, key)
-                raise _Located(located_rule_error(exc, index, self._loc.source, line)) from None
+                raise LocatedError(located_rule_error(exc, index, self._loc.source, line)) from None
         return Rule(**data, source=self._loc.source, line=self._loc.line("rules", index))
 
     @classmethod
@@ -389,11 +388,6 @@ class Binding:
     model: nn.Module | None
 
 
-def owners(records: list[ParamRecord]) -> list[nn.Module]:
-    """The distinct modules that own the records' parameters, in model order."""
-    return list({id(r.owner): r.owner for r in records}.values())
-
-
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise PlanError(f"{name} must be true or false, got {value!r}")
@@ -409,25 +403,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-class _Located(Exception):
-    """Carries an error that already says where it happened past the generic handler."""
-
-    def __init__(self, error: ParamgroupsError):
-        super().__init__(str(error))
-        self.error = error
-
-
-@contextmanager
-def _located(loc: Locations, key: str) -> Iterator[None]:
-    """Prefix errors raised inside with ``file:line:`` of ``key`` (when from a file)."""
-    try:
-        yield
-    except ParamgroupsError as exc:
-        if loc.source is None:
-            raise
-        raise type(exc)(f"{loc.prefix(key)}{exc}") from None
 
 
 def _single_group(cls: type) -> bool:

@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from . import norms
 from .errors import PlanError
+from .inventory import owners
 from .schedules import Schedule
 from .stages import stage_state, stage_steps
 
@@ -70,8 +71,6 @@ class PlanScheduler(LRScheduler):
                     a.record.param.requires_grad_(not frozen)
                     changed = True
         if changed and self._binding.plan.bn == "freeze":
-            from .plan import owners
-
             norms.sync(self._binding.model, owners(self._binding.resolution.records))
 
     def _momentum_key(self, optimizer: torch.optim.Optimizer) -> str | None:
