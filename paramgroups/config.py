@@ -64,17 +64,25 @@ class Locations:
         return f"{self.source}:{line}: " if line else f"{self.source}: "
 
 
-def _yaml_lines(node: yaml.Node | None, path: tuple = (), out: dict | None = None) -> dict:
+def _yaml_lines(node: yaml.Node | None, path: tuple = (), out: dict | None = None,
+                seen: set[int] | None = None) -> dict:
+    """Lines of keys and items; each node is walked once (aliases can repeat a node 10**9 times)."""
     out = {} if out is None else out
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return out
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue  # complex keys: the constructor reports them
             sub = path + (key.value,)
             out[sub] = key.start_mark.line + 1
-            _yaml_lines(value, sub, out)
+            _yaml_lines(value, sub, out, seen)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
-            _yaml_lines(item, path + (i,), out)
+            _yaml_lines(item, path + (i,), out, seen)
     return out
 
 
@@ -106,6 +114,8 @@ def parse_plan_text(text: str, kind: str, source: str) -> tuple[Any, Locations]:
     if kind == "toml":
         try:
             data = tomllib.loads(text)
+        except RecursionError:
+            raise ConfigError(f"{source}: malformed TOML: nested too deeply") from None
         except tomllib.TOMLDecodeError as exc:
             found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
             line = getattr(exc, "lineno", None) or (found and found.group(1))

@@ -18,9 +18,8 @@ from torch import nn
 
 from .errors import ModelError
 
-WRAPPER_SEGMENTS = frozenset(
-    {"module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"}
-)
+WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
+DDP_SEGMENT = "module"  # a wrapper segment only below (Distributed)DataParallel: users name modules so too
 KINDS = ("weight", "bias", "norm", "embedding", "ndim<=1")
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
@@ -63,11 +62,35 @@ class ParamRecord:
         return [self.name, *self.aliases]
 
 
-def canonical_name(name: str) -> str:
-    """Drop wrapper segments from a dotted name: ``module._orig_mod.fc.weight`` -> ``fc.weight``."""
+def canonical_name(name: str, ddp: frozenset[str] = frozenset()) -> str:
+    """Drop wrapper segments from a dotted name: ``module._orig_mod.fc.weight`` -> ``fc.weight``.
+
+    ``_orig_mod``, ``_fsdp_wrapped_module`` and ``_checkpoint_wrapped_module`` always go;
+    ``module`` only where its parent's raw name is in ``ddp`` (see :func:`ddp_prefixes`), so a
+    user's own submodule called ``module`` keeps its name.
+    """
     if "module" not in name and "_orig_mod" not in name:  # every wrapper segment has one of these
         return name
-    return ".".join(s for s in name.split(".") if s not in WRAPPER_SEGMENTS)
+    kept, raw = [], ""
+    for seg in name.split("."):
+        if seg not in WRAPPER_SEGMENTS and not (seg == DDP_SEGMENT and raw in ddp):
+            kept.append(seg)
+        raw = f"{raw}.{seg}" if raw else seg
+    return ".".join(kept)
+
+
+def ddp_prefixes(model: nn.Module) -> frozenset[str]:
+    """Raw names of the (Distributed)DataParallel wrappers in ``model`` ("" for the root)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    return frozenset(n for n, m in model.named_modules()
+                     if isinstance(m, (DataParallel, DistributedDataParallel)))
+
+
+def saved_ddp_prefixes(keys: Iterable[str]) -> frozenset[str]:
+    """A state dict saved from a DDP-wrapped model has every key under ``module.``."""
+    keys = list(keys)
+    return frozenset({""}) if keys and all(k.startswith("module.") for k in keys) else frozenset()
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -134,6 +157,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     tokens = no_decay_tokens(unwrap(model))
+    ddp = ddp_prefixes(model)
     modules = dict(model.named_modules(remove_duplicate=False))
     records: list[ParamRecord] = []
     by_id: dict[int, ParamRecord] = {}
@@ -143,7 +167,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
                 f"{raw} is a FlatParameter: FSDP without use_orig_params=True flattens each wrapped "
                 f"module's parameters into one tensor, so per-parameter groups are impossible. Wrap "
                 f"with FullyShardedDataParallel(..., use_orig_params=True), or use FSDP2 (fully_shard)")
-        name = canonical_name(raw)
+        name = canonical_name(raw, ddp)
         rec = by_id.get(id(param))
         if rec is not None:
             if name != rec.name and name not in rec.aliases:
@@ -152,7 +176,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
         owner_raw, _, leaf = raw.rpartition(".")
         owner = modules[owner_raw]
         rec = ParamRecord(
-            index=len(records), name=name, aliases=[], module=canonical_name(owner_raw),
+            index=len(records), name=name, aliases=[], module=canonical_name(owner_raw, ddp),
             module_class=type(owner).__name__, module_classes=_mro_names(owner),
             kinds=_kinds(leaf, owner, param, [name], tokens), shape=tuple(param.shape),
             numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,

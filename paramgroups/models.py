@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
+from .inventory import saved_ddp_prefixes
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -114,7 +115,7 @@ def _named_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
 def _factory(module_name: str, attr: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # also '' and relative names
         raise ModelError(f"cannot import {module_name!r}: {exc}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -258,6 +259,8 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, Any]:
 def module_from_shapes(shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
                        source: str) -> nn.Module:
     """Rebuild a module tree whose parameters have the given names, shapes and dtypes."""
+    if saved_ddp_prefixes(shapes):  # saved from a DDP wrapper: drop its ``module.``
+        shapes = {k[len("module."):]: v for k, v in shapes.items()}
     root = CheckpointModule()
     norm_modules = {k.rpartition(".")[0] for k in shapes if k.rpartition(".")[2] in NORM_BUFFERS}
     kept = {k: v for k, v in shapes.items()

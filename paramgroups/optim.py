@@ -5,13 +5,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import math
 from functools import lru_cache
 from typing import Any, Callable
 
 import torch
 
 from .errors import OptimizerError
+from .values import is_finite_number
 
 # Per-parameter state tensors, as multiples of the parameter's size, by optimizer class name.
 _STATE: dict[str, Callable[[dict[str, Any]], int]] = {
@@ -63,7 +63,7 @@ def _import_class(spec: str) -> type:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # also '' and relative names
         raise OptimizerError(f"cannot import {module_name!r} for optimizer {spec!r}: {exc}") from None
     cls = getattr(module, attr, None)
     if not inspect.isclass(cls) or not issubclass(cls, torch.optim.Optimizer):
@@ -137,9 +137,7 @@ def check_option_value(cls: type, option: str, value: Any) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return (not isinstance(value, bool) and isinstance(value, (int, float))
-            and math.isfinite(value))
+_is_number = is_finite_number
 
 
 def default_lr(cls: type) -> float:

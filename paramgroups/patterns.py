@@ -108,11 +108,14 @@ def compile_pattern(text: str) -> Pattern:
         raise PatternError(f"invalid pattern {text!r}: {exc}") from None
     alternatives = []
     try:
+        # ``a.**`` is zero or more segments after ``a``: ``a`` itself too
+        expanded = [x for alt in expanded for x in ((alt[:-3], alt) if alt.endswith(".**") else (alt,))]
         for alt in dict.fromkeys(expanded):
             include, _ = wcglob.translate(to_path(alt), flags=_FLAGS)
             regex = re.compile("|".join(f"(?:{r})" for r in include))
-            prefix = _LITERAL_EDGE.match(alt).group(0)
-            suffix = _LITERAL_EDGE.match(alt[::-1]).group(0)[::-1]
+            # the separator next to a ``**`` is optional (``**.fc`` matches ``fc``): filter without it
+            prefix = _LITERAL_EDGE.match(alt).group(0).rstrip(".")
+            suffix = _LITERAL_EDGE.match(alt[::-1]).group(0)[::-1].lstrip(".")
             alternatives.append((prefix, suffix, regex))
     except Exception as exc:  # wcmatch's own errors for malformed globs
         raise PatternError(f"invalid pattern {text!r}: {exc}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import gc
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,9 @@ from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, Ru
 from .groups import build_groups
 from .inventory import inventory, owners
 from .layers import layer_ids, layer_scales
+from .patterns import PatternList
 from .schedules import Schedule
+from .values import describe
 from .stages import Stage, check_stages, stage_state, stage_steps, timelines
 
 if TYPE_CHECKING:
@@ -109,8 +112,20 @@ class Plan:
         return check_number("layer_decay", value, PlanError)
 
     def _parse_layers(self, value: Any) -> Any:
-        if value is not None and self.layer_decay is None:
+        if value is None:
+            return None
+        if self.layer_decay is None:
             raise PlanError("layers is set but layer_decay is not: give layer_decay too")
+        ok = (isinstance(value, str) or (isinstance(value, list) and value and all(
+            isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v))
+            for v in value)))
+        if not ok:
+            raise PlanError("layers must be a pattern with {i} (blocks.{i}) or a non-empty list of "
+                            f"patterns, got {describe(value)}")
+        for pattern in [value] if isinstance(value, str) else value:
+            if isinstance(pattern, str) and "{i}" in pattern:
+                continue
+            PatternList(pattern)  # bad patterns fail at load
         return value
 
     @staticmethod
@@ -260,8 +275,23 @@ class Plan:
 
     def resolve(self, model: nn.Module, *, strict: bool = True) -> Resolution:
         """Resolve the rules against ``model``: assignments, groups and problems."""
-        with _gc_paused():  # many small objects, no cycles: collections only cost time
+        with _gc_paused(), self._in_file():  # many small objects, no cycles: GC only costs time
             return self._resolve(model, strict)
+
+    @contextmanager
+    def _in_file(self) -> Iterator[None]:
+        """Errors found against a model still name the plan file (and the line when known)."""
+        try:
+            yield
+        except ParamgroupsError as exc:
+            source = self._loc.source
+            if source is None or str(exc).startswith(source):
+                raise
+            text = str(exc)
+            stage = re.match(r"stage (\d+):", text)
+            key: tuple = ("stages", int(stage.group(1))) if stage else next(
+                ((k,) for k in ("layers", "layer_decay", "schedule") if text.startswith(k)), ())
+            raise type(exc)(f"{self._loc.prefix(*key)}{text}") from None
 
     def _resolve(self, model: nn.Module, strict: bool) -> Resolution:
         records = inventory(model)
@@ -324,6 +354,10 @@ class Plan:
         On CUDA parameters it uses the fused implementation where the optimizer has one, else
         foreach; on the CPU, foreach. ``fused``/``foreach`` in the plan override both.
         """
+        with self._in_file():
+            return self._build_optimizer(res)
+
+    def _build_optimizer(self, res: Resolution) -> torch.optim.Optimizer:
         cls = self.optimizer_class
         if not any(not a.frozen or any(e[1] == "thaw" for e in a.events) for a in res.assignments):
             raise PlanError("the plan freezes every parameter and no stage thaws any: nothing "
@@ -356,8 +390,9 @@ class Plan:
         if self.stages and (binding is None or binding.plan is not self or binding.model is None):
             raise PlanError("a plan with stages needs the optimizer from plan.optimizer(model) "
                             "of this same plan: its groups follow the stages")
-        return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
-                             steps_per_epoch=steps_per_epoch, binding=binding)
+        with self._in_file():
+            return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
+                                 steps_per_epoch=steps_per_epoch, binding=binding)
 
     def stage_state_at(self, res: Resolution, epoch: float | None = None,
                        steps_per_epoch: int | None = None) -> list[tuple[bool, float]]:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from .errors import ParamgroupsError, RuleError, UnmatchedRuleError
 from .inventory import KINDS, ParamRecord, module_names
 from .patterns import NameIndex, PatternList
+from .values import describe, is_finite_number
 
 SETTINGS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group")
 RULE_FIELDS = ("match", "modules", "kinds", "optional", *SETTINGS)
@@ -35,9 +36,9 @@ def check_number(name: str, value: Any, error: type[ParamgroupsError] = RuleErro
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise error(f"{name} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise error(f"{name} must be a finite number >= 0, got {value!r}")
+        raise error(f"{name} must be a number, got {describe(value)}")
+    if not is_finite_number(value) or value < 0:
+        raise error(f"{name} must be a finite number >= 0, got {describe(value)}")
     return value
 
 
@@ -227,6 +228,9 @@ def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float
         wd = f.get("weight_decay", base_weight_decay) * f.get("wd_mult", 1.0)
         options = {k: v for k, v in f.items() if k not in SETTINGS}
         frozen = bool(f.get("freeze", False)) or not rec.is_float
+        if not (math.isfinite(lr) and math.isfinite(wd)):
+            raise RuleError(f"{rec.name}: lr {lr:g} / weight_decay {wd:g} overflow (rules "
+                            f"{rules_hit} multiply to infinity): use smaller values")
         assignments.append(Assignment(rec, lr, wd, frozen, f.get("group"), options, rules_hit,
                                       layer=layers[i] if layers is not None else None,
                                       lr_scale=scale))

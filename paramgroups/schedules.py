@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from .errors import PlanError
+from .values import describe, is_finite_number
 
 MAINS = ("constant", "step", "multistep", "exponential", "cosine", "poly", "linear", "onecycle",
          "plateau")
@@ -97,7 +98,7 @@ class Schedule:
         _check_choice("mode", self.mode, ("min", "max"))
         _check_choice("threshold_mode", self.threshold_mode, ("rel", "abs"))
         for name in ("warmup", "gamma", "min_factor", "power", "max_factor", "div_factor",
-                     "final_div_factor", "threshold", "base_momentum", "max_momentum"):
+                     "final_div_factor", "threshold", "base_momentum", "max_momentum", "pct_start"):
             _check_number(name, getattr(self, name))
         for name in ("total", "step_size", "warmup_start", "warmup_lr", "min_lr"):
             if getattr(self, name) is not None:
@@ -247,6 +248,9 @@ class Schedule:
         """Phase (0 rising, 1 falling) and position in it of torch's two-phase OneCycleLR."""
         total = self.onecycle_total_steps(spe)
         ends = (float(self.pct_start * total) - 1, float(total - 1))
+        if ends[0] <= 0 or ends[1] <= ends[0]:
+            raise PlanError(f"schedule: onecycle over {total} steps with pct_start {self.pct_start:g} "
+                            f"leaves a phase without steps: raise total (or steps_per_epoch) or move pct_start")
         step = min(step, total - 1)
         if step <= ends[0]:
             return 0, step / ends[0]
@@ -270,5 +274,5 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 
 def _check_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PlanError(f"schedule: {name} must be a finite number >= 0, got {value!r}")
+    if not is_finite_number(value) or value < 0:
+        raise PlanError(f"schedule: {name} must be a finite number >= 0, got {describe(value)}")

@@ -7,13 +7,14 @@ from torch import nn
 
 from typing import Callable, Iterable, Mapping
 
-from .inventory import canonical_name
+from .inventory import canonical_name, ddp_prefixes, saved_ddp_prefixes
 from .models import NORM_BUFFERS
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of every parameter and buffer, under canonical names."""
-    return {canonical_name(k): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+    ddp = ddp_prefixes(model)
+    return {canonical_name(k, ddp): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
             if isinstance(v, torch.Tensor)}
 
 
@@ -46,8 +47,9 @@ def diff_states(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Te
 
     A tensor present on one side only counts as changed (difference ``inf``).
     """
-    a = {canonical_name(k): k for k, v in before.items() if isinstance(v, torch.Tensor)}
-    b = {canonical_name(k): k for k, v in after.items() if isinstance(v, torch.Tensor)}
+    da, db = saved_ddp_prefixes(before), saved_ddp_prefixes(after)
+    a = {canonical_name(k, da): k for k, v in before.items() if isinstance(v, torch.Tensor)}
+    b = {canonical_name(k, db): k for k, v in after.items() if isinstance(v, torch.Tensor)}
     out = {}
     for name in progress(list(dict.fromkeys([*a, *b]))):
         if name not in a or name not in b:

@@ -11,7 +11,6 @@ group's frozen state is uniform at every step and no stage ever adds or removes 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +18,8 @@ from torch import nn
 
 from .errors import PlanError, RuleError, UnmatchedRuleError
 from .inventory import ParamRecord, inventory, module_names
-from .patterns import NameIndex
+from .patterns import NameIndex, PatternList
+from .values import describe, is_finite_number
 from .rules import Rule, closest_names
 
 STAGE_FIELDS = ("epoch", "step", "unfreeze", "freeze", "lr_mult", "warmup", "warmup_start")
@@ -58,7 +58,9 @@ class Stage:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, str) or (
                     isinstance(value, tuple) and value and all(isinstance(v, str) for v in value))):
-                raise PlanError(f"stage {name} must be a pattern or a list of patterns, got {value!r}")
+                raise PlanError(f"stage {name} must be a pattern or a list of patterns, got {describe(value)}")
+            if value is not None:
+                PatternList(list(value) if isinstance(value, tuple) else value)  # bad patterns fail at load
         _number("lr_mult", self.lr_mult)
         _number("warmup", self.warmup)
         _number("warmup_start", self.warmup_start)
@@ -95,8 +97,8 @@ class Stage:
 
 
 def _number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise PlanError(f"stage {name} must be a finite number >= 0, got {value!r}")
+    if not is_finite_number(value) or value < 0:
+        raise PlanError(f"stage {name} must be a finite number >= 0, got {describe(value)}")
 
 
 Event = tuple[int, str]  # (stage index, "thaw" | "freeze")

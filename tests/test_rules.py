@@ -157,16 +157,14 @@ def test_tied_alias_conflict_resolves_by_cascade(tied):
 
 
 def test_canonical_names_drop_wrappers():
-    assert canonical_name("module._orig_mod.fc.weight") == "fc.weight"
+    assert canonical_name("module._orig_mod.fc.weight", frozenset({""})) == "fc.weight"
+    assert canonical_name("module._orig_mod.fc.weight") == "module.fc.weight"  # not below a DDP
     assert canonical_name("_fsdp_wrapped_module.layer1._checkpoint_wrapped_module.0.w") == "layer1.0.w"
+    assert canonical_name("a.module.b", frozenset({"a"})) == "a.b"
 
 
 def test_plan_resolves_identically_on_wrapped_model(toy):
-    class Wrapper(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.module = inner
-
+    Wrapper = nn.DataParallel  # noqa: N806 - on the CPU a pass-through with DDP's "module." naming
     plan = Plan([Rule("layers.1", lr=0.3), Rule(kinds="bias", weight_decay=0)], lr=0.1, weight_decay=0.01)
     bare = [(a.record.name, a.lr, a.weight_decay) for a in plan.resolve(toy).assignments]
     wrapped = [(a.record.name, a.lr, a.weight_decay) for a in plan.resolve(Wrapper(toy)).assignments]

@@ -94,3 +94,25 @@ def test_billion_parameter_timm_model_inspects_on_meta(capsys):
     from paramgroups.models import build_model
 
     assert {p.device.type for p in build_model("timm:vit_giant_patch14_224").parameters()} == {"meta"}
+
+
+def test_a_users_own_module_called_module_keeps_its_name():
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(2))
+            self.module = nn.Linear(2, 2)
+
+    names = [r["name"] for r in audit(Holder()).parameters]
+    assert names == ["weight", "module.weight", "module.bias"]
+    assert [a.record.name for a in Plan([Rule("module", lr=0.5)]).resolve(Holder()).assignments
+            if a.lr == 0.5] == ["module.weight", "module.bias"]
+
+
+def test_ddp_state_dict_files_drop_the_module_prefix(tmp_path, capsys):
+    from paramgroups.cli.main import main
+
+    torch.save({f"module.{k}": v for k, v in Net().state_dict().items()}, tmp_path / "ddp.pt")
+    assert main(["inspect", str(tmp_path / "ddp.pt"), "--format", "csv"]) == 0
+    rows = [line.split(",")[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert rows == [n for n, _ in Net().named_parameters()]
