@@ -776,3 +776,30 @@ def test_yaml_alias_bomb_does_not_hang(tmp_path):
         pytest.fail(f"reading a {len(laughs)}-byte YAML alias bomb ran over {TIME_LIMIT:.0f}s",
                     pytrace=False)
     assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+def test_from_dict_on_parsed_variants_raises_only_paramgroups_errors(resnet18_meta):
+    """The same mutants, parsed by the plain parsers and handed to Plan.from_dict directly."""
+    import json as _json
+
+    import yaml as _yaml
+
+    from paramgroups.config import tomllib as _tomllib  # tomli on Python 3.10
+
+    parsers = {"yaml": _yaml.safe_load, "json": _json.loads, "toml": _tomllib.loads}
+    crashes, checked = [], 0
+    for variant in VARIANTS:
+        try:
+            data = parsers[variant.fmt](variant.raw.decode("utf-8"))
+        except Exception:  # noqa: BLE001 - unparseable text is the file path's business
+            continue
+        checked += 1
+        start = time.monotonic()
+        try:
+            Plan.from_dict(data).param_groups(resnet18_meta)
+        except ParamgroupsError as exc:
+            assert str(exc), variant.vid
+        except Exception as exc:  # noqa: BLE001 - any other exception is a crash
+            crashes.append(f"{variant.vid}: {type(exc).__name__}: {exc}"[:200])
+        assert time.monotonic() - start < 5, variant.vid
+    assert checked >= 150 and not crashes, crashes[:10]
