@@ -29,8 +29,10 @@ def _plan(rules: str | None, overrides: dict[str, Any]):
     data, loc = read_plan_file(rules) if rules else ({}, Locations(None))
     if data is None:
         data = {}
+    given = {k: v for k, v in overrides.items() if v is not None}
     if isinstance(data, dict):
-        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        data = {**data, **given}
+        loc.overrides = {k: "--" + k.replace("_", "-") for k in given}  # errors name the option
     return Plan.from_dict(data, locations=loc)
 
 
@@ -214,9 +216,11 @@ def _check_tablefmt(tablefmt: str) -> None:
 @click.option("--at", "at", type=click.FloatRange(min=0), default=None, metavar="EPOCH",
               help="Judge frozen tensors at this epoch (default: frozen for the whole run).")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None)
+@click.option("--model", "model", default=None, metavar="MODEL",
+              help="Resolve the plan against this model (default: the checkpoint's own tensors).")
 @click.option("--tablefmt", default="simple", show_default=True, help="Any tabulate table format.")
 def diff(before: str, after: str, rules: str | None, at: float | None,
-         steps_per_epoch: int | None, tablefmt: str) -> None:
+         steps_per_epoch: int | None, model: str | None, tablefmt: str) -> None:
     """Compare two checkpoints: every tensor that changed, with its max abs difference.
 
     With a plan, tensors it says were frozen are flagged, and any that moved make the
@@ -229,25 +233,26 @@ def diff(before: str, after: str, rules: str | None, at: float | None,
 
     _check_tablefmt(tablefmt)
     a, b = open_checkpoint(before), open_checkpoint(after)
-    with click.progressbar(length=len(a), label="comparing", file=sys.stderr,
+    with click.progressbar(length=len(set(a) | set(b)), label="comparing", file=sys.stderr,
                            show_pos=True) if sys.stderr.isatty() else _NoBar() as bar:
         def progress(names):
             for name in names:
                 yield name
                 bar.update(1)
 
-        changes = diff_states(a, b, progress)
+        changes, compared = diff_states(a, b, progress)
     frozen: set[str] = set()
     if rules:
         plan = _plan(rules, {})
-        model = module_from_shapes(read_checkpoint_shapes(before), before)
-        frozen = frozen_names(plan, model, changes, at, steps_per_epoch)
+        built = (_model(model, None, "meta") if model
+                 else module_from_shapes(read_checkpoint_shapes(before), before))
+        frozen = frozen_names(plan, built, changes, at, steps_per_epoch)
     rows = [[name, f"{d:.3g}", "FROZEN" if name in frozen else ""] for name, d in changes.items()]
     if rows:
         click.echo(tabulate(rows, headers=["tensor", "max abs diff", "plan"], tablefmt=tablefmt,
                             disable_numparse=True))
     moved = [name for name in changes if name in frozen]
-    click.echo(f"{len(changes)} of {len(set(a) | set(b))} tensors changed"
+    click.echo(f"{len(changes)} of {compared} tensors changed"
                + (f"; {len(moved)} frozen tensor(s) moved" if rules else ""))
     if moved:
         raise Violations()

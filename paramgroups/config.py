@@ -44,9 +44,11 @@ _Loader.add_implicit_resolver(
 class Locations:
     """Line numbers (1-based) of keys and list items in a plan file."""
 
-    def __init__(self, source: str | None, lines: dict[tuple, int] | None = None):
+    def __init__(self, source: str | None, lines: dict[tuple, int] | None = None,
+                 overrides: dict[str, str] | None = None):
         self.source = source
         self.lines = lines or {}
+        self.overrides = overrides or {}  # top-level keys set elsewhere (a CLI option) -> its name
 
     def line(self, *path: Any) -> int | None:
         """The line of ``path``, or of its closest located parent."""
@@ -58,6 +60,8 @@ class Locations:
 
     def prefix(self, *path: Any) -> str:
         """``file:line: `` for ``path`` (empty when the plan did not come from a file)."""
+        if path and path[0] in self.overrides:
+            return f"{self.overrides[path[0]]}: "
         if self.source is None:
             return ""
         line = self.line(*path)
@@ -184,6 +188,6 @@ def located(loc: Locations, key: str) -> Iterator[None]:
     try:
         yield
     except ParamgroupsError as exc:
-        if loc.source is None:
+        if loc.source is None and key not in loc.overrides:
             raise
         raise type(exc)(f"{loc.prefix(key)}{exc}") from None

@@ -75,8 +75,9 @@ def _check_hook(ddp: nn.Module, args: Any) -> None:
 
 def resync_ddp(model: nn.Module, **ddp_kwargs: Any) -> nn.Module:
     """``model`` itself when its DDP wrapper registered exactly the trainable parameters,
-    else a new ``DistributedDataParallel`` around the same module (same settings, overridden
-    by ``ddp_kwargs``). Anything but a watched DDP is returned unchanged.
+    else a new ``DistributedDataParallel`` around the same module (same device ids, buffers,
+    bucket size, unused-parameter and static-graph settings, overridden by ``ddp_kwargs``;
+    communication hooks are not carried over). Anything but a DDP is returned unchanged.
 
     The optimizer and scheduler keep working: they hold the parameters, not the wrapper.
     Every rank must call it at the same point (it is collective when it re-wraps).
@@ -91,6 +92,8 @@ def resync_ddp(model: nn.Module, **ddp_kwargs: Any) -> nn.Module:
 
     kwargs = {k: getattr(model, k) for k in _DDP_KWARGS if hasattr(model, k)}
     kwargs["process_group"] = getattr(model, "process_group", None)
+    if hasattr(model, "bucket_bytes_cap"):  # DDP keeps bucket_cap_mb in bytes
+        kwargs["bucket_cap_mb"] = model.bucket_bytes_cap / 2**20
     kwargs.update(ddp_kwargs)
     fresh = DistributedDataParallel(model.module, **kwargs)
     watch(fresh)

@@ -246,12 +246,15 @@ def _first_line(exc: BaseException) -> str:
 
 def _find_state_dict(obj: Any, path: Path) -> dict[str, Any]:
     if isinstance(obj, dict):
-        if obj and any(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-        for key in _NESTED_KEYS:
+        for key in _NESTED_KEYS:  # a training checkpoint: {"model_state_dict": ..., "loss": tensor}
             inner = obj.get(key)
             if isinstance(inner, dict):
                 return _find_state_dict(inner, path)
+        if obj and any(isinstance(v, torch.Tensor) for v in obj.values()):
+            bad = next((k for k in obj if not isinstance(k, str)), None)
+            if bad is not None:
+                raise ModelError(f"{path}: state-dict key {bad!r} is not a name (keys must be strings)")
+            return obj
     raise ModelError(f"{path}: holds no state dict (a mapping of names to tensors, or a "
                      f"checkpoint with one under {', '.join(_NESTED_KEYS)})")
 

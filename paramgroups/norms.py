@@ -9,7 +9,6 @@ keys never change, and it works under ``torch.compile`` (the mode is a guarded a
 
 from __future__ import annotations
 
-import types
 from typing import Iterable
 
 from torch import nn
@@ -22,16 +21,22 @@ def has_running_stats(module: nn.Module) -> bool:
     return getattr(module, "running_mean", None) is not None or getattr(module, "running_var", None) is not None
 
 
-def _held_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    nn.Module.train(self, False)  # children follow too, as they would in eval()
-    return self
+class _HeldTrain:
+    """Stands in for a held module's ``train()``: it keeps eval mode. A plain class (not a
+    bound method) so models with held layers pickle, deep-copy and ``torch.save`` as usual."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return nn.Module.train(self.module, False)  # children follow too, as in eval()
 
 
 def hold(module: nn.Module) -> None:
     """Keep ``module`` in eval mode until :func:`release`."""
     if not getattr(module, _HELD, False):
         object.__setattr__(module, _HELD, True)
-        object.__setattr__(module, "train", types.MethodType(_held_train, module))
+        object.__setattr__(module, "train", _HeldTrain(module))
     nn.Module.train(module, False)
 
 

@@ -26,8 +26,8 @@ from .inventory import inventory, owners
 from .layers import layer_ids, layer_scales
 from .patterns import PatternList
 from .schedules import Schedule
-from .values import describe
-from .stages import Stage, check_stages, stage_state, stage_steps, timelines
+from .values import describe, is_finite_number
+from .stages import Stage, check_stages, first_step, stage_state, stage_steps, timelines
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
@@ -403,15 +403,24 @@ class Plan:
             k = 0
         else:
             steps, warmups = stage_steps(self.stages, schedule.unit, steps_per_epoch)
-            spe = steps_per_epoch if schedule.unit == "epoch" and steps_per_epoch else 1
-            k = int(round(epoch * spe))
+            k = _step_of(epoch, steps_per_epoch)
         return [stage_state(g.events, self.stages, g.frozen, k, steps, warmups) for g in res.groups]
 
     def factor_at(self, epoch: float, steps_per_epoch: int | None = None) -> float:
-        """The schedule's LR factor at the first step of ``epoch`` (plateau: no reductions)."""
+        """The schedule's LR factor at the first step of ``epoch`` (plateau: no reductions).
+
+        The scheduler steps once per epoch without ``steps_per_epoch`` and once per iteration
+        with it; a schedule in steps without ``steps_per_epoch`` reads ``epoch`` as a step.
+        """
         schedule = self.schedule or Schedule()
-        spe = steps_per_epoch if schedule.unit == "epoch" and steps_per_epoch else 1
-        return schedule.factor(int(round(epoch * spe)), base_lr=self.base_lr, steps_per_epoch=steps_per_epoch)
+        return schedule.factor(_step_of(epoch, steps_per_epoch), base_lr=self.base_lr,
+                               steps_per_epoch=steps_per_epoch)
+
+
+def _step_of(epoch: float, steps_per_epoch: int | None) -> int:
+    if not is_finite_number(epoch) or epoch < 0:
+        raise PlanError(f"the epoch to look at must be a finite number >= 0, got {describe(epoch)}")
+    return first_step(epoch, steps_per_epoch)
 
 
 @dataclass

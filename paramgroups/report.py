@@ -151,12 +151,12 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
             merged[key] = {**r, "name": key, "aliases": [], "rules": list(r["rules"])}
             continue
         m["numel"] += r["numel"]
+        m["shape"] = MIXED  # one shape cannot describe several tensors
         m["rules"] = sorted(set(m["rules"]) | set(r["rules"]))
         m["kinds"] = sorted(set(m["kinds"]) | set(r["kinds"]))
         if r["stats"] is not None and m["stats"] != r["stats"]:  # layers without statistics don't vote
             m["stats"] = r["stats"] if m["stats"] is None else MIXED
-        for col in ("shape", "dtype", "module", "group", "lr", "weight_decay", "trainable",
-                    "layer", "lr_scale"):
+        for col in ("dtype", "module", "group", "lr", "weight_decay", "trainable", "layer", "lr_scale"):
             if m[col] != r[col]:
                 m[col] = MIXED
     return list(merged.values())
@@ -269,8 +269,11 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
                                  g.get("weight_decay"), options))
         state_input.append(([r for r in recs if r.param.requires_grad], dict(g)))
     state = _state_bytes(type(opt), state_input)
+    options = dict(opt.defaults)
+    if options.get("foreach") is None and not options.get("fused"):  # torch picks by device
+        options["foreach"] = any(r.device.type == "cuda" for r in records)
     return Audit(model_name, type(opt).__name__, params, groups, _totals(params, state), problems,
-                 _path(opt.defaults, type(opt)))
+                 _path(options, type(opt)))
 
 
 _MISSING = object()

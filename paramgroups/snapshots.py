@@ -22,7 +22,9 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     """The largest absolute difference of two same-shape tensors (inf when shapes differ)."""
     if a.shape != b.shape:
         return float("inf")
-    if a.dtype == torch.bool or not (a.is_floating_point() or a.is_complex()):
+    if a.is_complex():
+        return float((a.to(torch.complex128) - b.to(torch.complex128)).abs().max().item()) if a.numel() else 0.0
+    if a.dtype == torch.bool or not a.is_floating_point():
         return float((a.to(torch.int64) - b.to(torch.int64)).abs().max().item()) if a.numel() else 0.0
     return float((a.double() - b.double()).abs().max().item()) if a.numel() else 0.0
 
@@ -42,23 +44,25 @@ def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, floa
 
 
 def diff_states(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],
-                progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> dict[str, float]:
-    """``{canonical name: max abs difference}`` of the tensors that differ, one at a time.
+                progress: Callable[[Iterable[str]], Iterable[str]] = iter) -> tuple[dict[str, float], int]:
+    """``({canonical name: max abs difference}, tensors compared)``, one tensor at a time.
 
-    A tensor present on one side only counts as changed (difference ``inf``).
+    Only the tensors that differ are in the dict; a tensor present on one side only counts as
+    changed (difference ``inf``).
     """
     da, db = saved_ddp_prefixes(before), saved_ddp_prefixes(after)
     a = {canonical_name(k, da): k for k, v in before.items() if isinstance(v, torch.Tensor)}
     b = {canonical_name(k, db): k for k, v in after.items() if isinstance(v, torch.Tensor)}
     out = {}
-    for name in progress(list(dict.fromkeys([*a, *b]))):
+    names = list(dict.fromkeys([*a, *b]))
+    for name in progress(names):
         if name not in a or name not in b:
             out[name] = float("inf")
             continue
         x, y = before[a[name]], after[b[name]]
         if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
             out[name] = max_abs_diff(x, y)
-    return out
+    return out, len(names)
 
 
 def frozen_names(plan, model: nn.Module, names: Iterable[str], at: float | None = None,

@@ -11,6 +11,7 @@ group's frozen state is uniform at every step and no stage ever adds or removes 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -159,6 +160,12 @@ def timelines(records: list[ParamRecord], stages: Sequence[Stage], frozen: list[
     return [tuple(e) for e in events], start
 
 
+def first_step(epoch: float, steps_per_epoch: int | None) -> int:
+    """The first scheduler step at or after ``epoch``: ``epoch x steps_per_epoch`` rounded up
+    (a fractional epoch never acts early); without ``steps_per_epoch`` one step is one epoch."""
+    return math.ceil(epoch * (steps_per_epoch or 1) - 1e-9)
+
+
 def stage_steps(stages: Sequence[Stage], unit: str, steps_per_epoch: int | None
                 ) -> tuple[list[int], list[int]]:
     """Scheduler steps at which each stage acts, and each stage's warmup in steps.
@@ -171,9 +178,8 @@ def stage_steps(stages: Sequence[Stage], unit: str, steps_per_epoch: int | None
         if st.epoch is not None:
             if unit == "step" and not steps_per_epoch:
                 raise PlanError("stages in epochs need steps_per_epoch when the schedule counts steps")
-            spe = steps_per_epoch or 1
-            steps.append(int(round(st.epoch * spe)))
-            warmups.append(int(round(st.warmup * spe)))
+            steps.append(first_step(st.epoch, steps_per_epoch))
+            warmups.append(first_step(st.warmup, steps_per_epoch))
         else:
             if unit == "epoch" and not steps_per_epoch:
                 raise PlanError("step= stages need a scheduler stepped every iteration: "

@@ -53,9 +53,11 @@ def synced(rank: int) -> str:
     """The documented flow: wrap, build, resync every epoch. Ranks must stay identical."""
     net = stagenet.Net()
     plan = _plan()
-    model = DDP(net)
+    model = DDP(net, bucket_cap_mb=1)
     opt = plan.optimizer(model)
     sched = plan.scheduler(opt)
+    if paramgroups.resync_ddp(model).bucket_bytes_cap != 2**20:
+        return "resync lost bucket_cap_mb"
     before = net.layer2[0].weight.detach().clone()
     model = _train(model, opt, sched, rank, 3, resync=True)
     flat = torch.cat([p.detach().flatten() for p in net.parameters()])

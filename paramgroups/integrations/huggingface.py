@@ -21,7 +21,8 @@ def optimizers(plan: Plan, model: torch.nn.Module, steps_per_epoch: int | None =
                ) -> tuple[torch.optim.Optimizer, Any]:
     """``(optimizer, scheduler)`` built from ``plan`` for ``model``."""
     schedule = plan.schedule
-    epoch_based = (schedule is not None and schedule.unit == "epoch" and schedule.main != "constant"
+    epoch_based = (schedule is not None and schedule.unit == "epoch"
+                   and (schedule.main != "constant" or schedule.warmup)
                    ) or any(st.epoch is not None for st in plan.stages)
     if epoch_based and steps_per_epoch is None:
         raise PlanError("transformers' Trainer steps the scheduler every optimizer step: give "
