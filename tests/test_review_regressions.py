@@ -39,6 +39,7 @@ def test_models_with_held_norms_pickle_deepcopy_and_torch_save():
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
+    # a whole-module pickle this test just wrote: loading one needs the full unpickler
     assert is_held(torch.load(buf, weights_only=False).stem[1])
 
 
