@@ -18,7 +18,7 @@ from typing import Sequence
 from torch import nn
 
 from .errors import PlanError
-from .inventory import ParamRecord, module_names, unwrap
+from .inventory import ParamRecord, unwrap
 from .patterns import NameIndex
 from .rules import Rule
 
@@ -59,9 +59,8 @@ def _slot_ids(records: list[ParamRecord], pattern: str) -> list[int]:
     return ids
 
 
-def _list_ids(records: list[ParamRecord], patterns: Sequence[str | Sequence[str]]) -> list[int]:
-    covers = module_names(records)
-    index = NameIndex(covers)
+def _list_ids(records: list[ParamRecord], patterns: Sequence[str | Sequence[str]],
+              covers: dict[str, list[int]], index: NameIndex) -> list[int]:
     ids = [len(patterns) - 1] * len(records)
     assigned = [False] * len(records)
     for layer, pattern in enumerate(patterns):
@@ -87,17 +86,21 @@ def _timm_ids(model: nn.Module, records: list[ParamRecord]) -> list[int]:
 
 
 def layer_ids(model: nn.Module, records: list[ParamRecord],
-              layers: str | Sequence[str | Sequence[str]] | None) -> list[int]:
-    """One layer id per record, from ``layers`` or, when it is None, from timm's matcher."""
+              layers: str | Sequence[str | Sequence[str]] | None,
+              covers: dict[str, list[int]], index: NameIndex) -> list[int]:
+    """One layer id per record, from ``layers`` or, when it is None, from timm's matcher.
+
+    ``covers``/``index`` are the model's name table (:func:`paramgroups.rules.name_table`).
+    """
     if layers is None:
         return _timm_ids(model, records)
     if isinstance(layers, str):
         if "{i}" in layers:
             return _slot_ids(records, layers)
-        return _list_ids(records, [layers])
+        return _list_ids(records, [layers], covers, index)
     if not isinstance(layers, (list, tuple)) or not layers:
         raise PlanError(f"layers must be a pattern with {{i}} or a non-empty list of patterns, got {layers!r}")
-    return _list_ids(records, layers)
+    return _list_ids(records, layers, covers, index)
 
 
 def layer_scales(ids: list[int], decay: float) -> list[float]:

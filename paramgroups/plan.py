@@ -31,7 +31,7 @@ from .stages import Stage, check_stages, first_step, stage_state, stage_steps, t
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
-from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, resolve
+from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, name_table, resolve
 
 EXTRA_FIELDS = {"schedule": None, "layer_decay": None, "layers": None, "no_decay": False,
                 "stages": (), "bn": "freeze", "norm_trainable": False}
@@ -295,12 +295,13 @@ class Plan:
 
     def _resolve(self, model: nn.Module, strict: bool) -> Resolution:
         records = inventory(model)
+        covers, index = name_table(records)
         layers = scales = None
         if self.layer_decay is not None:
-            layers = layer_ids(model, records, self.layers)
+            layers = layer_ids(model, records, self.layers, covers, index)
             scales = layer_scales(layers, self.layer_decay)
-        res = resolve(records, self.all_rules, base_lr=self.base_lr,
-                      base_weight_decay=self.weight_decay, strict=strict, layers=layers, scales=scales)
+        res = resolve(records, self.all_rules, base_lr=self.base_lr, base_weight_decay=self.weight_decay,
+                      strict=strict, layers=layers, scales=scales, covers=covers, index=index)
         keep = [self.norm_trainable and "norm" in a.record.kinds and a.record.is_float
                 for a in res.assignments]
         frozen = [a.frozen and not k for a, k in zip(res.assignments, keep)]

@@ -184,33 +184,42 @@ class Resolution:
     index: NameIndex | None = field(default=None, repr=False)
 
 
-def closest_names(pattern: str, covers: dict[str, list[int]], n: int = 3) -> list[str]:
-    """Real parameter or module names closest to what a pattern was probably meant to say."""
+def closest_hint(pattern: str, covers: dict[str, list[int]], n: int = 3) -> str:
+    """``; closest names: ...`` — the real names a pattern was probably meant to say, or ""."""
     text = pattern.lstrip("!")
     text = text[3:] if text.startswith("re:") else text
-    return difflib.get_close_matches(text, list(covers), n=n, cutoff=0.4)
+    close = difflib.get_close_matches(text, list(covers), n=n, cutoff=0.4)
+    return f"; closest names: {', '.join(close)}" if close else ""
+
+
+def name_table(records: list[ParamRecord]) -> tuple[dict[str, list[int]], NameIndex]:
+    """The names patterns are tried on (with the records each covers) and their sorted index,
+    built once per model and shared by rules, stages and layer lists."""
+    covers = module_names(records)
+    return covers, NameIndex(covers)
 
 
 def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float,
             base_weight_decay: float, strict: bool = True,
-            layers: list[int] | None = None, scales: list[float] | None = None) -> Resolution:
+            layers: list[int] | None = None, scales: list[float] | None = None,
+            covers: dict[str, list[int]] | None = None, index: NameIndex | None = None) -> Resolution:
     """Apply ``rules`` in order to ``records`` and return one assignment per record.
 
-    ``layers``/``scales`` (one per record) apply layer-wise LR decay on top of the cascade.
+    ``layers``/``scales`` (one per record) apply layer-wise LR decay on top of the cascade;
+    ``covers``/``index`` (from :func:`name_table`) are built here unless the caller has them.
 
     With ``strict``, a rule that matches nothing and is not optional raises
     :class:`UnmatchedRuleError`; otherwise it is reported in ``Resolution.problems``.
     """
-    covers = module_names(records)
-    index = NameIndex(covers)
+    if covers is None or index is None:
+        covers, index = name_table(records)
     fields: list[dict[str, Any]] = [{} for _ in records]
     touched: list[list[int]] = [[] for _ in records]
     unmatched, problems = [], []
     for i, rule in enumerate(rules):
         selected = rule.select(records, covers, index)
         if not selected and not rule.optional:
-            close = closest_names(str(rule.patterns.texts[0]), covers)
-            hint = f"; closest names: {', '.join(close)}" if close else ""
+            hint = closest_hint(str(rule.patterns.texts[0]), covers)
             msg = (f"{rule.where(i)}: {_describe(rule)} matches no parameter{hint} "
                    f"(mark the rule optional: true if that is expected)")
             if strict:

@@ -17,11 +17,11 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from .errors import PlanError, RuleError, UnmatchedRuleError
-from .inventory import ParamRecord, inventory, module_names
+from .errors import PlanError, UnmatchedRuleError
+from .inventory import ParamRecord, inventory
 from .patterns import NameIndex, PatternList
+from .rules import Rule, closest_hint, name_table
 from .values import describe, is_finite_number
-from .rules import Rule, closest_names
 
 STAGE_FIELDS = ("epoch", "step", "unfreeze", "freeze", "lr_mult", "warmup", "warmup_start")
 
@@ -128,8 +128,8 @@ def timelines(records: list[ParamRecord], stages: Sequence[Stage], frozen: list[
     """
     if not stages:
         return [()] * len(records), list(frozen)
-    covers = covers if covers is not None else module_names(records)
-    index = index if index is not None else NameIndex(covers)
+    if covers is None or index is None:
+        covers, index = name_table(records)
     picks = []
     for i, stage in enumerate(stages):
         pick = {}
@@ -139,8 +139,7 @@ def timelines(records: list[ParamRecord], stages: Sequence[Stage], frozen: list[
             rule = Rule(patterns if isinstance(patterns, str) else list(patterns))
             chosen = rule.select(records, covers, index)
             if not chosen:
-                close = closest_names(rule.patterns.texts[0], covers)
-                hint = f"; closest names: {', '.join(close)}" if close else ""
+                hint = closest_hint(rule.patterns.texts[0], covers)
                 raise UnmatchedRuleError(f"stage {i}: {action} {patterns!r} matches no parameter{hint}")
             pick[action] = set(chosen)
         picks.append(pick)
@@ -214,14 +213,10 @@ def _select(model: nn.Module, patterns: tuple[str, ...]) -> list[nn.Parameter]:
     if not patterns:
         raise UnmatchedRuleError("give at least one pattern to select parameters")
     records = inventory(model)
-    covers = module_names(records)
-    index = NameIndex(covers)
-    rule = Rule(list(patterns))
-    selected = rule.select(records, covers, index)
+    covers, index = name_table(records)
+    selected = Rule(list(patterns)).select(records, covers, index)
     if not selected:
-        close = closest_names(patterns[0], covers)
-        hint = f"; closest names: {', '.join(close)}" if close else ""
-        raise UnmatchedRuleError(f"{list(patterns)!r} matches no parameter{hint}")
+        raise UnmatchedRuleError(f"{list(patterns)!r} matches no parameter{closest_hint(patterns[0], covers)}")
     return [records[i].param for i in selected if records[i].is_float]
 
 
