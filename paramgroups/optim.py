@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import OptimizerError
-from .values import is_finite_number
+from .values import describe, is_finite_number
 
 # Per-parameter state tensors, as multiples of the parameter's size, by optimizer class name.
 _STATE: dict[str, Callable[[dict[str, Any]], int]] = {
@@ -125,19 +125,16 @@ def check_option_value(cls: type, option: str, value: Any) -> Any:
     where = f"option {option!r} of {cls.__name__}"
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise OptimizerError(f"{where} must be true or false, got {value!r}")
+            raise OptimizerError(f"{where} must be true or false, got {describe(value)}")
     elif isinstance(default, (int, float)):
-        if not _is_number(value) or value < 0:
-            raise OptimizerError(f"{where} must be a finite number >= 0, got {value!r}")
+        if not is_finite_number(value) or value < 0:
+            raise OptimizerError(f"{where} must be a finite number >= 0, got {describe(value)}")
     elif isinstance(default, tuple):
         if not isinstance(value, (list, tuple)) or len(value) != len(default) or not all(
-                _is_number(v) for v in value):
-            raise OptimizerError(f"{where} must be {len(default)} numbers like {default}, got {value!r}")
+                is_finite_number(v) for v in value):
+            raise OptimizerError(f"{where} must be {len(default)} numbers like {default}, got {describe(value)}")
         return tuple(value)
     return value
-
-
-_is_number = is_finite_number
 
 
 def default_lr(cls: type) -> float:

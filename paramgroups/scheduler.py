@@ -43,12 +43,9 @@ class PlanScheduler(LRScheduler):
         self.cooldown_counter = 0
         self.momentum_key = self._momentum_key(optimizer)
         self._binding = binding
-        self._stage_steps = self._stage_times(binding)
-        super().__init__(optimizer, last_epoch)
-
-    def _stage_times(self, binding: Any) -> tuple[list[int], list[int]]:
         stages = binding.plan.stages if binding is not None else ()
-        return stage_steps(stages, self.schedule.unit, self.steps_per_epoch)
+        self._stage_steps = stage_steps(stages, schedule.unit, steps_per_epoch)
+        super().__init__(optimizer, last_epoch)
 
     def stage_state(self, step: int | None = None) -> list[tuple[bool, float]]:
         """(frozen, stage LR factor) per group at ``step`` (default: the current step)."""
