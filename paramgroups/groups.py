@@ -65,11 +65,12 @@ def group_name(a: Assignment) -> str:
 def build_groups(assignments: list[Assignment]) -> list[Group]:
     """Group assignments by identical settings; set ``assignment.group`` to the group index.
 
-    Parameters that cannot be optimized (non-floating dtypes) stay outside every group.
+    Parameters that never train stay outside every group: non-floating dtypes, and parameters
+    the model itself froze that no rule or stage thaws (a PEFT base: no state, no work).
     """
     groups: dict[tuple, Group] = {}
     for a in assignments:
-        if not a.record.is_float:
+        if not a.record.is_float or (a.frozen_by == "model" and not a.events):
             a.group = None
             continue
         key = _key(a)

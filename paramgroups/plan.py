@@ -22,7 +22,7 @@ from . import distributed, norms, optim
 from .config import LocatedError, Locations, located, read_plan_file
 from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, RuleError
 from .groups import build_groups
-from .inventory import inventory, owners
+from .inventory import inventory
 from .layers import layer_ids, layer_scales
 from .patterns import PatternList
 from .schedules import Schedule
@@ -302,11 +302,15 @@ class Plan:
             scales = layer_scales(layers, self.layer_decay)
         res = resolve(records, self.all_rules, base_lr=self.base_lr, base_weight_decay=self.weight_decay,
                       strict=strict, layers=layers, scales=scales, covers=covers, index=index)
+        # norm_trainable overrides the plan's own freezing, never the model's (a PEFT base norm)
         keep = [self.norm_trainable and "norm" in a.record.kinds and a.record.is_float
-                for a in res.assignments]
+                and a.frozen_by != "model" for a in res.assignments]
         frozen = [a.frozen and not k for a, k in zip(res.assignments, keep)]
         events, start = timelines(records, self.stages, frozen, keep, res.covers, res.index)
         for a, ev, fr in zip(res.assignments, events, start):
+            if fr != a.frozen:  # norm_trainable, or a stage at time 0
+                at_zero = [i for i, _ in ev if self.stages[i].when == 0]
+                a.frozen_by = f"stage {at_zero[-1]}" if fr and at_zero else None
             a.events, a.frozen = ev, fr
         res.groups = build_groups(res.assignments)
         if not optim.takes(self.optimizer_class, "weight_decay"):
@@ -321,6 +325,7 @@ class Plan:
         return self._torch_groups(self.resolve(model))
 
     def _torch_groups(self, res: Resolution) -> list[dict[str, Any]]:
+        res.check_conflicts()
         with_wd = optim.takes(self.optimizer_class, "weight_decay")
         return [g.to_torch(with_weight_decay=with_wd) for g in res.groups]
 
@@ -331,8 +336,10 @@ class Plan:
         for a in res.assignments:
             if a.record.is_float:
                 a.record.param.requires_grad_(not a.frozen)
+                if a.frozen:
+                    a.record.param.grad = None  # a zero gradient would still carry decay/momentum
         if self.bn == "freeze":
-            norms.sync(model, owners(res.records))
+            norms.sync(model)
         return res
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -359,10 +366,12 @@ class Plan:
             return self._build_optimizer(res)
 
     def _build_optimizer(self, res: Resolution) -> torch.optim.Optimizer:
+        res.check_conflicts()
         cls = self.optimizer_class
         if not any(not a.frozen or any(e[1] == "thaw" for e in a.events) for a in res.assignments):
-            raise PlanError("the plan freezes every parameter and no stage thaws any: nothing "
-                            "would train (unfreeze something, or add a stage that thaws it)")
+            raise PlanError("the plan freezes every parameter (by its rules, or as the model gave "
+                            "them) and no stage thaws any: nothing would train (thaw something with "
+                            "freeze: false, or add a stage that thaws it)")
         if len(res.groups) > 1 and _single_group(cls):
             raise OptimizerError(f"optimizer {cls.__name__} takes one param group, but this plan "
                                  f"makes {len(res.groups)} ({', '.join(g.name for g in res.groups)})")
@@ -398,14 +407,32 @@ class Plan:
     def stage_state_at(self, res: Resolution, epoch: float | None = None,
                        steps_per_epoch: int | None = None) -> list[tuple[bool, float]]:
         """(frozen, stage LR factor) of each group at the first step of ``epoch`` (default 0)."""
-        schedule = self.schedule or Schedule()
+        steps, warmups, k = self._stage_clock(epoch, steps_per_epoch)
+        return [stage_state(g.events, self.stages, g.frozen, k, steps, warmups) for g in res.groups]
+
+    def frozen_by_at(self, res: Resolution, epoch: float | None = None,
+                     steps_per_epoch: int | None = None) -> list[str | None]:
+        """Per assignment, who froze it as of ``epoch``: the last stage that froze it, else the
+        rule or the model (``Assignment.frozen_by``); ``None`` when it is trainable then."""
+        steps, _, k = self._stage_clock(epoch, steps_per_epoch)
+        out = []
+        for a in res.assignments:
+            done = [(i, action) for i, action in a.events if steps[i] <= k]
+            if not done:
+                out.append(a.frozen_by if a.frozen else None)
+            else:
+                out.append(f"stage {done[-1][0]}" if done[-1][1] == "freeze" else None)
+        return out
+
+    def _stage_clock(self, epoch: float | None, steps_per_epoch: int | None
+                     ) -> tuple[list[int], list[int], int]:
+        """Each stage's step and warmup in scheduler steps, and the step of ``epoch``."""
         if epoch is None:  # step 0: only stages at time 0 can have acted
             steps, warmups = stage_steps(self.stages, "step", steps_per_epoch or 1)
-            k = 0
-        else:
-            steps, warmups = stage_steps(self.stages, schedule.unit, steps_per_epoch)
-            k = _step_of(epoch, steps_per_epoch)
-        return [stage_state(g.events, self.stages, g.frozen, k, steps, warmups) for g in res.groups]
+            return steps, warmups, 0
+        schedule = self.schedule or Schedule()
+        steps, warmups = stage_steps(self.stages, schedule.unit, steps_per_epoch)
+        return steps, warmups, _step_of(epoch, steps_per_epoch)
 
     def factor_at(self, epoch: float, steps_per_epoch: int | None = None) -> float:
         """The schedule's LR factor at the first step of ``epoch`` (plateau: no reductions).

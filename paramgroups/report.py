@@ -74,7 +74,7 @@ class Audit:
         from tabulate import tabulate
 
         cols = self.columns()
-        params = [[_cell(r[c], c) for c in cols] for r in self.parameters]
+        params = [[_rich_cell(r, c) for c in cols] for r in self.parameters]
         group_cols = ("index", "name", "params", "numel", "lr", "weight_decay", "options")
         groups = [[_cell(g[c]) for c in group_cols] for g in self.groups]
         parts = [tabulate(params, headers=cols, tablefmt=tablefmt, disable_numparse=True),
@@ -113,6 +113,16 @@ def _row_matches(pats: PatternList, row: dict[str, Any]) -> bool:
     candidates = {".".join(n.split(".")[:d]) for n in names for d in range(1, n.count(".") + 2)}
     hit = pats.everything or bool(pats.hits(candidates))
     return hit and not pats.hits(candidates, "exclude")
+
+
+def _rich_cell(row: dict[str, Any], column: str) -> str:
+    """A table cell: tied names show their other names, frozen rows say who froze them."""
+    text = _cell(row[column], column)
+    if column == "name" and row.get("aliases"):
+        return f"{text} (= {', '.join(row['aliases'])})"
+    if column == "trainable" and row["trainable"] is False and row.get("frozen_by"):
+        return f"{text} ({row['frozen_by']})"
+    return text
 
 
 def _cell(value: Any, column: str = "") -> str:
@@ -156,7 +166,8 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         m["kinds"] = sorted(set(m["kinds"]) | set(r["kinds"]))
         if r["stats"] is not None and m["stats"] != r["stats"]:  # layers without statistics don't vote
             m["stats"] = r["stats"] if m["stats"] is None else MIXED
-        for col in ("dtype", "module", "group", "lr", "weight_decay", "trainable", "layer", "lr_scale"):
+        for col in ("dtype", "module", "group", "lr", "weight_decay", "trainable", "frozen_by",
+                    "layer", "lr_scale"):
             if m[col] != r[col]:
                 m[col] = MIXED
     return list(merged.values())
@@ -183,15 +194,18 @@ def audit(model: nn.Module, plan: Plan | None = None,
     try:
         plan.build_optimizer(res)
     except ParamgroupsError as exc:  # a plan whose optimizer cannot be built is not clean
-        problems.append(str(exc))
+        if str(exc) not in problems:
+            problems.append(str(exc))
     cls = plan.optimizer_class
     f = 1.0 if at is None else plan.factor_at(at, steps_per_epoch)
     state = plan.stage_state_at(res, at, steps_per_epoch)  # (frozen, stage factor) per group
     frozen = [state[a.group][0] if a.group is not None else True for a in res.assignments]
+    frozen_by = plan.frozen_by_at(res, at, steps_per_epoch)
     held = _held_norms(res, frozen) if plan.bn == "freeze" else set()
     params = [_param_row(a.record, a.group, a.lr * f * (state[a.group][1] if a.group is not None else 1),
                          a.weight_decay, not fr, a.rules, a.layer, a.lr_scale,
-                         _stats(a.record.owner, held)) for a, fr in zip(res.assignments, frozen)]
+                         _stats(a.record.owner, held), by)
+              for a, fr, by in zip(res.assignments, frozen, frozen_by)]
     groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr * f * state[g.index][1],
                          g.weight_decay, g.options) for g in res.groups]
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
@@ -247,7 +261,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         params.append(_param_row(rec, gis[0] if gis else None, g and g.get("lr"),
                                  g and g.get("weight_decay"), trainable,
                                  rules_of.get(rec.index, []), None, g and g.get("lr_scale"),
-                                 _live_stats(rec.owner)))
+                                 _live_stats(rec.owner),
+                                 None if trainable else "model" if rec.is_float else "dtype"))
         if len(gis) > 1:
             problems.append(f"{rec.name} is in {len(gis)} param groups ({', '.join(map(str, gis))})")
         elif not gis and trainable:
@@ -286,12 +301,14 @@ def _live_stats(owner: nn.Module) -> str | None:
     return "frozen" if is_held(owner) else "updating"
 
 
-def _param_row(rec, group, lr, wd, trainable, rules, layer, lr_scale, stats) -> dict[str, Any]:
+def _param_row(rec, group, lr, wd, trainable, rules, layer, lr_scale, stats, frozen_by
+               ) -> dict[str, Any]:
     return {"name": rec.name, "aliases": list(rec.aliases), "shape": list(rec.shape),
             "numel": rec.numel, "dtype": str(rec.dtype).replace("torch.", ""),
             "module": rec.module_class, "kinds": sorted(rec.kinds), "group": group,
             "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
-            "rules": list(rules), "layer": layer, "lr_scale": _num(lr_scale), "stats": stats}
+            "frozen_by": frozen_by, "rules": list(rules), "layer": layer,
+            "lr_scale": _num(lr_scale), "stats": stats}
 
 
 def _group_row(index, name, recs, lr, wd, options) -> dict[str, Any]:

@@ -165,10 +165,7 @@ class Assignment:
     layer: int | None = None  # layer id under layer-wise LR decay
     lr_scale: float = 1.0     # the layer-decay scale already folded into ``lr``
     events: tuple = ()        # (stage index, "thaw" | "freeze") that change its frozen state
-
-    @property
-    def trainable(self) -> bool:
-        return not self.frozen
+    frozen_by: str | None = None  # who set the state at step 0: "rule N", "model" or "dtype"
 
 
 @dataclass
@@ -182,6 +179,12 @@ class Resolution:
     groups: list = field(default_factory=list)  # list[groups.Group], filled by the plan
     covers: dict[str, list[int]] = field(default_factory=dict, repr=False)
     index: NameIndex | None = field(default=None, repr=False)
+    conflicts: list[str] = field(default_factory=list)  # tied names given different values
+
+    def check_conflicts(self) -> None:
+        """Raise on rules that disagree about one tied tensor: no optimizer is built on a coin flip."""
+        if self.conflicts:
+            raise RuleError(self.conflicts[0])
 
 
 def closest_hint(pattern: str, covers: dict[str, list[int]], n: int = 3) -> str:
@@ -215,9 +218,12 @@ def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float
         covers, index = name_table(records)
     fields: list[dict[str, Any]] = [{} for _ in records]
     touched: list[list[int]] = [[] for _ in records]
+    freezer: dict[int, int] = {}  # record -> the last rule that set its ``freeze``
     unmatched, problems = [], []
+    ties = TieWatch(records, index)
     for i, rule in enumerate(rules):
         selected = rule.select(records, covers, index)
+        ties.observe(i, rule, selected)
         if not selected and not rule.optional:
             hint = closest_hint(str(rule.patterns.texts[0]), covers)
             msg = (f"{rule.where(i)}: {_describe(rule)} matches no parameter{hint} "
@@ -230,20 +236,105 @@ def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float
         for idx in selected:
             touched[idx].append(i)
             fields[idx].update(settings)
+            if rule.freeze is not None:
+                freezer[idx] = i
+    conflicts = ties.conflicts(rules)
+    problems.extend(conflicts)
     assignments = []
     for i, (rec, f, rules_hit) in enumerate(zip(records, fields, touched)):
         scale = scales[i] if scales is not None else 1.0
         lr = f.get("lr", base_lr) * f.get("lr_mult", 1.0) * scale
         wd = f.get("weight_decay", base_weight_decay) * f.get("wd_mult", 1.0)
         options = {k: v for k, v in f.items() if k not in SETTINGS}
-        frozen = bool(f.get("freeze", False)) or not rec.is_float
+        frozen, by = _start_state(rec, f.get("freeze"), freezer.get(i))
         if not (math.isfinite(lr) and math.isfinite(wd)):
             raise RuleError(f"{rec.name}: lr {lr:g} / weight_decay {wd:g} overflow (rules "
                             f"{rules_hit} multiply to infinity): use smaller values")
         assignments.append(Assignment(rec, lr, wd, frozen, f.get("group"), options, rules_hit,
                                       layer=layers[i] if layers is not None else None,
-                                      lr_scale=scale))
-    return Resolution(records, assignments, unmatched, problems, covers=covers, index=index)
+                                      lr_scale=scale, frozen_by=by))
+    return Resolution(records, assignments, unmatched, problems, covers=covers, index=index,
+                      conflicts=conflicts)
+
+
+def _start_state(rec: ParamRecord, freeze: bool | None, rule: int | None) -> tuple[bool, str | None]:
+    """(frozen, who decided) before any stage: a rule's ``freeze`` if one set it, else the
+    model's own ``requires_grad`` (a plan changes only what it says); integers never train."""
+    if not rec.is_float:
+        return True, "dtype"
+    if freeze is not None:
+        return freeze, f"rule {rule}"
+    frozen = not rec.param.requires_grad
+    return frozen, "model" if frozen else None
+
+
+class TieWatch:
+    """Finds rules that give different values to different names of one tied tensor.
+
+    Tied weights (GPT-2's ``transformer.wte.weight`` is ``lm_head.weight``) are one tensor with
+    one setting; two rules that each name only one alias and disagree would otherwise resolve by
+    rule order, silently. Rules that select nested sets of the names (``**`` then ``lm_head``)
+    are an ordinary cascade.
+    """
+
+    def __init__(self, records: list[ParamRecord], index: NameIndex):
+        self.records = records
+        self.index = index
+        self.tied = {r.index for r in records if r.aliases}
+        self.seen: dict[int, list[tuple[int, frozenset[str]]]] = {}  # record -> (rule, names)
+
+    def observe(self, rule_index: int, rule: Rule, selected: list[int]) -> None:
+        hit = [i for i in selected if i in self.tied] if self.tied else []
+        if not hit:
+            return
+        if rule.patterns.everything and not rule.patterns.exclude:
+            for i in hit:
+                self.seen.setdefault(i, []).append((rule_index, frozenset(self.records[i].names)))
+            return
+        include = None if rule.patterns.everything else rule.patterns.select(self.index)
+        exclude = rule.patterns.select(self.index, "exclude") if rule.patterns.exclude else set()
+        for i in hit:
+            names = frozenset(n for n in self.records[i].names
+                              if (include is None or _under(n, include)) and not _under(n, exclude))
+            self.seen.setdefault(i, []).append((rule_index, names))
+
+    def conflicts(self, rules: Sequence[Rule]) -> list[str]:
+        out = []
+        for idx, hits in self.seen.items():
+            for later, (j, names_j) in enumerate(hits):
+                for i, names_i in hits[:later]:
+                    if names_i <= names_j or names_j <= names_i:
+                        continue
+                    clash = _clashing(rules[i].settings(), rules[j].settings())
+                    if clash:
+                        out.append(_tie_message(self.records[idx], rules, (i, names_i), (j, names_j), clash))
+        return out
+
+
+def _under(name: str, names: set[str]) -> bool:
+    """Whether ``name`` or a module above it is in ``names``."""
+    end = -1
+    while True:
+        end = name.find(".", end + 1)
+        if (name if end < 0 else name[:end]) in names:
+            return True
+        if end < 0:
+            return False
+
+
+def _clashing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [k for k in a if k in b and a[k] != b[k]]
+
+
+def _tie_message(rec: ParamRecord, rules: Sequence[Rule], first: tuple[int, frozenset[str]],
+                 second: tuple[int, frozenset[str]], keys: list[str]) -> str:
+    (i, names_i), (j, names_j) = first, second
+    a, b = rules[i].settings(), rules[j].settings()
+    diff = "; ".join(f"{k}: {a[k]!r} vs {b[k]!r}" for k in keys)
+    return (f"{rules[j].where(j)}: {' and '.join(rec.names)} are one tied tensor, but "
+            f"{rules[i].where(i)} sets it through {', '.join(sorted(names_i))} and rule {j} through "
+            f"{', '.join(sorted(names_j))} to other values ({diff}); rule {j} would win silently: "
+            f"give both names the same settings, or select them in one rule")
 
 
 def _describe(rule: Rule) -> str:

@@ -15,7 +15,6 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from . import norms
 from .errors import PlanError
-from .inventory import owners
 from .schedules import Schedule
 from .stages import stage_state, stage_steps
 
@@ -64,11 +63,14 @@ class PlanScheduler(LRScheduler):
         changed = False
         for group, (frozen, _) in zip(self._binding.resolution.groups, self.stage_state()):
             for a in group.members:
-                if a.record.param.requires_grad == frozen:
-                    a.record.param.requires_grad_(not frozen)
+                param = a.record.param
+                if param.requires_grad == frozen:
+                    param.requires_grad_(not frozen)
                     changed = True
+                if frozen and param.grad is not None:  # a zeroed gradient still moves it
+                    param.grad = None  # (momentum, weight decay) under zero_grad(set_to_none=False)
         if changed and self._binding.plan.bn == "freeze":
-            norms.sync(self._binding.model, owners(self._binding.resolution.records))
+            norms.sync(self._binding.model)
 
     def _momentum_key(self, optimizer: torch.optim.Optimizer) -> str | None:
         if self.schedule.momentum(0) is None:

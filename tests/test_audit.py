@@ -12,7 +12,7 @@ import torch
 from paramgroups import Plan, Rule, audit
 
 JSON_PARAM_KEYS = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "lr",
-                   "weight_decay", "trainable", "rules", "layer", "lr_scale", "stats"}
+                   "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
 
 
 def test_plan_audit_rows_groups_totals(toy):
@@ -24,9 +24,10 @@ def test_plan_audit_rows_groups_totals(toy):
     assert rows["head.bias"] == {
         "name": "head.bias", "aliases": [], "shape": [10], "numel": 10, "dtype": "float32",
         "module": "Linear", "kinds": ["bias", "ndim<=1"], "group": rows["head.bias"]["group"],
-        "lr": 0.1, "weight_decay": 0.0, "trainable": True, "rules": [1, 2], "layer": None, "lr_scale": 1.0,
-        "stats": None}
+        "lr": 0.1, "weight_decay": 0.0, "trainable": True, "frozen_by": None, "rules": [1, 2],
+        "layer": None, "lr_scale": 1.0, "stats": None}
     assert rows["stem.conv.weight"]["trainable"] is False and rows["stem.conv.weight"]["rules"] == [0]
+    assert rows["stem.conv.weight"]["frozen_by"] == "rule 0"
     numel = sum(p.numel() for p in toy.parameters())
     frozen = sum(p.numel() for p in toy.stem.parameters())
     assert a.totals == {"params": 19, "numel": numel, "trainable": numel - frozen, "frozen": frozen,

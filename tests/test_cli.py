@@ -20,7 +20,7 @@ from paramgroups.cli.main import main
 RESNET18_NUMEL = 11_689_512
 JSON_TOP = {"model", "optimizer", "implementation", "parameters", "groups", "totals", "problems"}
 JSON_PARAM = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "lr",
-              "weight_decay", "trainable", "rules", "layer", "lr_scale", "stats"}
+              "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
 JSON_GROUP = {"index", "name", "params", "numel", "lr", "weight_decay", "options"}
 JSON_TOTALS = {"params", "numel", "trainable", "frozen", "optimizer_state_bytes"}
 CSV_HEADER = "name,shape,numel,module,group,lr,weight_decay,trainable,rules"

@@ -83,7 +83,7 @@ def test_timm_no_weight_decay_tokens_are_embeddings():
             return {"extra"}
 
     recs = {r.name: r for r in inventory(ViTish())}
-    assert "embedding" in recs["pos_embed"].kinds
+    assert "embedding" not in recs["pos_embed"].kinds  # a declared list replaces the built-in one
     assert "embedding" in recs["extra"].kinds
     assert "embedding" not in recs["proj.weight"].kinds
 
@@ -148,12 +148,17 @@ def test_tied_weights_appear_once_and_any_alias_matches(tied):
     assert len(ids) == len(set(ids)) == 18
 
 
-def test_tied_alias_conflict_resolves_by_cascade(tied):
+def test_tied_alias_conflict_is_a_problem_not_a_coin_flip(tied):
     plan = Plan([Rule("emb", lr=0.2), Rule("head", lr=0.3)], lr=0.1)
-    a = by_name(plan, tied)
+    with pytest.raises(RuleError, match=r"rule 1: emb.weight and head.weight are one tied tensor.*"
+                                        r"lr: 0.2 vs 0.3"):
+        plan.param_groups(tied)
+    res = plan.resolve(tied)  # the audit: still the cascade, and a problem
+    a = {x.record.name: x for x in res.assignments}
     assert a["emb.weight"].lr == 0.3 and a["emb.weight"].rules == [0, 1]
+    assert len(res.problems) == 1 and "through emb.weight and rule 1 through head.weight" in res.problems[0]
     plan = Plan([Rule("head", lr=0.3), Rule("emb", lr=0.2)], lr=0.1)
-    assert by_name(plan, tied)["emb.weight"].lr == 0.2
+    assert plan.resolve(tied, strict=False).assignments[-2].lr == 0.2
 
 
 def test_canonical_names_drop_wrappers():
