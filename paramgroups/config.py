@@ -24,6 +24,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
+MAX_PLAN_BYTES = 16 * 2**20  # a plan is a few KB; this stops /dev/zero and endless pipes
 
 
 class _Loader(yaml.SafeLoader):
@@ -77,9 +78,13 @@ def _yaml_lines(node: yaml.Node | None, path: tuple = (), out: dict | None = Non
         return out
     seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode):
                 continue  # complex keys: the constructor reports them
+            line = first.setdefault((key.tag, key.value), key.start_mark.line + 1)
+            if line != key.start_mark.line + 1 and key.tag != "tag:yaml.org,2002:merge":
+                raise _DuplicateKey(key.value, key.start_mark.line + 1, line)
             sub = path + (key.value,)
             out[sub] = key.start_mark.line + 1
             _yaml_lines(value, sub, out, seen)
@@ -87,6 +92,30 @@ def _yaml_lines(node: yaml.Node | None, path: tuple = (), out: dict | None = Non
         for i, item in enumerate(node.value):
             out[path + (i,)] = item.start_mark.line + 1
             _yaml_lines(item, path + (i,), out, seen)
+    return out
+
+
+class _DuplicateKey(Exception):
+    """A mapping that names one key twice: loaders would keep the last value silently."""
+
+    def __init__(self, key: str, line: int | None = None, first: int | None = None):
+        super().__init__(key)
+        self.key, self.line, self.first = key, line, first
+
+    def error(self, source: str, kind: str) -> ConfigError:
+        where = f"{source}:{self.line}" if self.line else source
+        also = f" (first on line {self.first})" if self.first else ""
+        return ConfigError(f"{where}: malformed {kind.upper()}: duplicate key {self.key!r}{also}: "
+                           f"a key may appear once per mapping (the last one would win silently)")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for json: refuse a key given twice in one object."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
     return out
 
 
@@ -114,7 +143,40 @@ def _toml_lines(text: str) -> dict[tuple, int]:
 
 
 def parse_plan_text(text: str, kind: str, source: str) -> tuple[Any, Locations]:
-    """Parse ``text`` as ``kind`` (yaml, json, toml); raise :class:`ConfigError` with the line."""
+    """Parse ``text`` as ``kind`` (yaml, json, toml); raise :class:`ConfigError` with the line.
+
+    A key given twice in one mapping is an error in every format, naming the key and its line.
+    """
+    try:
+        return _parse(text, kind, source)
+    except _DuplicateKey as dup:
+        if dup.line is None:  # found by json, which keeps no positions
+            dup = _json_duplicate(text) or dup
+        raise dup.error(source, kind) from None
+
+
+_JSON_TOKEN = re.compile(r'("(?:[^"\\]|\\.)*")(\s*:)?|[{}]')  # whole strings, so "{" inside is text
+
+
+def _json_duplicate(text: str) -> _DuplicateKey | None:
+    """The first key named twice in one object of valid JSON ``text``, with both lines."""
+    stack: list[dict[str, int]] = []
+    for m in _JSON_TOKEN.finditer(text):
+        token = m.group()
+        if token == "{":
+            stack.append({})
+        elif token == "}":
+            stack.pop()
+        elif m.group(2) and stack:
+            key = json.loads(m.group(1))
+            line = text.count("\n", 0, m.start()) + 1
+            if key in stack[-1]:
+                return _DuplicateKey(key, line, stack[-1][key])
+            stack[-1][key] = line
+    return None
+
+
+def _parse(text: str, kind: str, source: str) -> tuple[Any, Locations]:
     if kind == "toml":
         try:
             data = tomllib.loads(text)
@@ -127,7 +189,7 @@ def parse_plan_text(text: str, kind: str, source: str) -> tuple[Any, Locations]:
         return data, Locations(source, _toml_lines(text))
     if kind == "json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{source}:{exc.lineno}: malformed JSON: {exc.msg}") from None
         except RecursionError:
@@ -160,7 +222,12 @@ def read_plan_file(path: str | Path) -> tuple[Any, Locations]:
     if kind is None:
         raise ConfigError(f"{path}: unknown plan file type {path.suffix!r} (use .yaml, .yml, .toml or .json)")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_PLAN_BYTES + 1)
+        if len(raw) > MAX_PLAN_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_PLAN_BYTES // 2**20} MiB, stopped reading: "
+                              f"a plan file is a few KB (is this the right file?)")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:

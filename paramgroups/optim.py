@@ -141,8 +141,13 @@ def default_lr(cls: type) -> float:
     """The optimizer's own default learning rate; an error if it has none."""
     options, _ = accepted_options(cls)
     lr = options.get("lr", inspect.Parameter.empty)
-    if lr is inspect.Parameter.empty or isinstance(lr, torch.Tensor):
-        raise OptimizerError(f"optimizer {cls.__name__} has no default lr: set lr in the plan")
+    if lr is None and "relative_step" in options:  # transformers' Adafactor: lr=None, relative_step=True
+        raise OptimizerError(f"optimizer {cls.__name__} has no default lr: by default it picks "
+                             f"its own step sizes (relative_step=True), which a plan cannot "
+                             f"give per group or schedule; set lr in the plan (or --lr) and "
+                             f"relative_step: false")
+    if not is_finite_number(lr) or lr < 0:  # no default, None, a tensor
+        raise OptimizerError(f"optimizer {cls.__name__} has no default lr: set lr in the plan (or --lr)")
     return float(lr)
 
 
