@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from .errors import PlanError
-from .inventory import canonical_name
+from .inventory import strip_wrappers, wrapped_children
 
 _REGISTERED = "_paramgroups_registered"
 _DDP_KWARGS = ("device_ids", "output_device", "dim", "broadcast_buffers", "process_group",
@@ -49,11 +49,12 @@ def mismatch(ddp: nn.Module) -> tuple[list[str], list[str]]:
     if registered is None:
         return [], []
     thawed, frozen = [], []
+    wrapped = wrapped_children(ddp.module)
     for name, p in ddp.module.named_parameters():
         if p.requires_grad and id(p) not in registered:
-            thawed.append(canonical_name(name))
+            thawed.append(strip_wrappers(name, wrapped))
         elif not p.requires_grad and id(p) in registered and not ddp.find_unused_parameters:
-            frozen.append(canonical_name(name))
+            frozen.append(strip_wrappers(name, wrapped))
     return thawed, frozen
 
 

@@ -9,6 +9,7 @@ other names as aliases.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable
@@ -28,7 +29,11 @@ _NORM_TYPES = (
     nn.LocalResponseNorm,
     *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
-_NORM_NAME = re.compile(r"(?i).*(batch|layer|group|instance|rms)_?norm.*")
+# Look-alikes outside torch are known by a class (or base class) name that ends in ``Norm`` or
+# ``Norm1d/2d/3d`` (plus a variant tag, as timm's EvoNorm2dB0): timm's RmsNorm, torchvision's
+# FrozenBatchNorm2d, transformers' LlamaRMSNorm/T5LayerNorm. A class whose name only contains
+# "Norm" (LayerNormLSTMCell) is some other layer.
+_NORM_NAME = re.compile(r".*Norm(?:[123]d\w*)?")
 # timm's usual no_weight_decay() tokens, used when the model does not declare its own.
 NO_DECAY_TOKENS = frozenset({"pos_embed", "cls_token", "dist_token", "reg_token",
                              "absolute_pos_embed", "relative_position_bias_table", "mask_token"})
@@ -63,11 +68,13 @@ class ParamRecord:
 
 
 def canonical_name(name: str, ddp: frozenset[str] = frozenset()) -> str:
-    """Drop wrapper segments from a dotted name: ``module._orig_mod.fc.weight`` -> ``fc.weight``.
+    """Drop wrapper segments from a name whose model is not at hand (a checkpoint key):
+    ``module._orig_mod.fc.weight`` -> ``fc.weight``.
 
-    ``_orig_mod``, ``_fsdp_wrapped_module`` and ``_checkpoint_wrapped_module`` always go;
-    ``module`` only where its parent's raw name is in ``ddp`` (see :func:`ddp_prefixes`), so a
-    user's own submodule called ``module`` keeps its name.
+    Only the name can tell, so ``_orig_mod``, ``_fsdp_wrapped_module`` and
+    ``_checkpoint_wrapped_module`` always go; ``module`` only where its parent's raw name is in
+    ``ddp`` (see :func:`saved_ddp_prefixes`). A model's own names go through
+    :func:`wrapped_children` and :func:`strip_wrappers`, which look at what each module is.
     """
     if "module" not in name and "_orig_mod" not in name:  # every wrapper segment has one of these
         return name
@@ -79,12 +86,68 @@ def canonical_name(name: str, ddp: frozenset[str] = frozenset()) -> str:
     return ".".join(kept)
 
 
-def ddp_prefixes(model: nn.Module) -> frozenset[str]:
-    """Raw names of the (Distributed)DataParallel wrappers in ``model`` ("" for the root)."""
+# Wrappers whose classes live in modules torch does not import by itself: (module, class,
+# the attribute the wrapped module is registered under).
+_LAZY_WRAPPERS = (
+    ("torch._dynamo.eval_frame", "OptimizedModule", "_orig_mod"),
+    ("torch.distributed.algorithms._checkpoint.checkpoint_wrapper", "ActivationWrapper",
+     "_checkpoint_wrapped_module"),  # CheckpointWrapper and OffloadWrapper
+    ("torch.distributed.fsdp.fully_sharded_data_parallel", "FullyShardedDataParallel",
+     "_fsdp_wrapped_module"),  # FSDP1; FSDP2 (fully_shard) adds no wrapper module
+)
+
+
+def _wrapper_types() -> dict[type, str]:
+    """The real wrapper classes, each with the attribute its wrapped module is under.
+
+    A class whose module was never imported can have no instances, so the lazy ones are looked
+    up in ``sys.modules`` instead of imported (importing torch._dynamo costs seconds).
+    """
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-    return frozenset(n for n, m in model.named_modules()
-                     if isinstance(m, (DataParallel, DistributedDataParallel)))
+    types: dict[type, str] = {DataParallel: "module", DistributedDataParallel: "module"}
+    for module, cls, attr in _LAZY_WRAPPERS:
+        found = getattr(sys.modules.get(module), cls, None)
+        if isinstance(found, type):
+            types[found] = attr
+    return types
+
+
+def _wrapped(module: nn.Module, types: dict[type, str]) -> str | None:
+    """The attribute ``module`` wraps a module under, if it is a real wrapper."""
+    for cls, attr in types.items():
+        if isinstance(module, cls) and isinstance(module._modules.get(attr), nn.Module):
+            return attr
+    return None
+
+
+def wrapped_children(model: nn.Module) -> frozenset[str]:
+    """Raw names of the modules that real wrappers in ``model`` wrap (``module`` under a DDP
+    root, ``layer1._checkpoint_wrapped_module``): the only segments canonical names drop.
+
+    A wrapper is known by its class (DDP, DataParallel, torch.compile's OptimizedModule,
+    activation-checkpoint wrappers, FSDP1), so a user's own child called ``module`` or
+    ``_orig_mod`` keeps its name.
+    """
+    types = _wrapper_types()
+    out = set()
+    for name, module in model.named_modules():
+        attr = _wrapped(module, types)
+        if attr is not None:
+            out.add(f"{name}.{attr}" if name else attr)
+    return frozenset(out)
+
+
+def strip_wrappers(name: str, wrapped: frozenset[str]) -> str:
+    """``name`` (raw, from the model) without its :func:`wrapped_children` segments."""
+    if not wrapped:
+        return name
+    kept, raw = [], ""
+    for seg in name.split("."):
+        raw = f"{raw}.{seg}" if raw else seg
+        if raw not in wrapped:
+            kept.append(seg)
+    return ".".join(kept)
 
 
 def saved_ddp_prefixes(keys: Iterable[str]) -> frozenset[str]:
@@ -94,13 +157,15 @@ def saved_ddp_prefixes(keys: Iterable[str]) -> frozenset[str]:
 
 
 def is_norm(module: nn.Module) -> bool:
-    """Whether ``module`` is a normalization layer (torch's or a look-alike by class name)."""
+    """Whether ``module`` is a normalization layer: a torch norm class or a subclass of one
+    (timm's BatchNormAct2d), or a look-alike whose class or a base class is named ``*Norm``,
+    ``*Norm1d``/``2d``/``3d``."""
     return _is_norm_class(type(module))
 
 
 @lru_cache(maxsize=None)
 def _is_norm_class(cls: type) -> bool:
-    return issubclass(cls, _NORM_TYPES) or bool(_NORM_NAME.fullmatch(cls.__name__))
+    return issubclass(cls, _NORM_TYPES) or any(_NORM_NAME.fullmatch(n) for n in _class_names(cls))
 
 
 def no_decay_tokens(model: nn.Module) -> frozenset[str]:
@@ -144,12 +209,12 @@ def _class_names(cls: type) -> tuple[str, ...]:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model under DDP / torch.compile wrappers, used for model-level hooks."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
+    """The model under its real wrappers (see :func:`wrapped_children`), used for model-level
+    hooks such as ``no_weight_decay()``; a user's own child called ``module`` is no wrapper."""
+    types = _wrapper_types()
+    while (attr := _wrapped(model, types)) is not None:
+        model = model._modules[attr]
+    return model
 
 
 def inventory(model: nn.Module) -> list[ParamRecord]:
@@ -157,7 +222,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     tokens = no_decay_tokens(unwrap(model))
-    ddp = ddp_prefixes(model)
+    wrapped = wrapped_children(model)
     modules = dict(model.named_modules(remove_duplicate=False))
     records: list[ParamRecord] = []
     by_id: dict[int, ParamRecord] = {}
@@ -167,7 +232,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
                 f"{raw} is a FlatParameter: FSDP without use_orig_params=True flattens each wrapped "
                 f"module's parameters into one tensor, so per-parameter groups are impossible. Wrap "
                 f"with FullyShardedDataParallel(..., use_orig_params=True), or use FSDP2 (fully_shard)")
-        name = canonical_name(raw, ddp)
+        name = strip_wrappers(raw, wrapped)
         rec = by_id.get(id(param))
         if rec is not None:
             if name != rec.name and name not in rec.aliases:
@@ -176,7 +241,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
         owner_raw, _, leaf = raw.rpartition(".")
         owner = modules[owner_raw]
         rec = ParamRecord(
-            index=len(records), name=name, aliases=[], module=canonical_name(owner_raw, ddp),
+            index=len(records), name=name, aliases=[], module=strip_wrappers(owner_raw, wrapped),
             module_class=type(owner).__name__, module_classes=_mro_names(owner),
             kinds=_kinds(leaf, owner, param, [name], tokens), shape=tuple(param.shape),
             numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,
@@ -207,8 +272,3 @@ def module_names(records: list[ParamRecord]) -> dict[str, list[int]]:
                 if end < 0:
                     break
     return covers
-
-
-def owners(records: list[ParamRecord]) -> list[nn.Module]:
-    """The distinct modules that own the records' parameters, in model order."""
-    return list({id(r.owner): r.owner for r in records}.values())

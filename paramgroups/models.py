@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .errors import ModelError
-from .inventory import saved_ddp_prefixes
+from .inventory import canonical_name, saved_ddp_prefixes
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -262,8 +262,9 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, Any]:
 def module_from_shapes(shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
                        source: str) -> nn.Module:
     """Rebuild a module tree whose parameters have the given names, shapes and dtypes."""
-    if saved_ddp_prefixes(shapes):  # saved from a DDP wrapper: drop its ``module.``
-        shapes = {k[len("module."):]: v for k, v in shapes.items()}
+    ddp = saved_ddp_prefixes(shapes)  # saved from a DDP wrapper: drop its ``module.``
+    # keys carry no classes: compile/FSDP/checkpoint wrapper segments go by name
+    shapes = {canonical_name(k, ddp): v for k, v in shapes.items()}
     root = CheckpointModule()
     norm_modules = {k.rpartition(".")[0] for k in shapes if k.rpartition(".")[2] in NORM_BUFFERS}
     kept = {k: v for k, v in shapes.items()

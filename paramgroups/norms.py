@@ -5,11 +5,20 @@ running mean and variance keep moving, so a "frozen" backbone still changes. A h
 stays in eval mode whatever ``model.train()`` says: its statistics neither update nor are used
 from the batch. Holding replaces nothing in the module's parameters or buffers, so state-dict
 keys never change, and it works under ``torch.compile`` (the mode is a guarded attribute).
+
+Which layers are held: every module with running statistics (``running_mean``/``running_var``)
+whose *governing* parameters are all frozen: those of the smallest module that contains the
+layer (the layer itself included) and has parameters. For an affine BatchNorm that is its own
+weight and bias. A layer without any (``affine=False`` BatchNorm, tracked InstanceNorm without
+affine) follows the block it sits in: a ``Sequential(conv, BatchNorm2d(affine=False))`` is held
+when the conv is frozen, and one directly under a model root is held only when the whole model
+is frozen. A model with no parameters holds nothing. One rule, on names, serves the live model
+(:func:`sync`) and checkpoint diffs (:func:`held_names`).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from torch import nn
 
@@ -52,13 +61,33 @@ def is_held(module: nn.Module) -> bool:
     return bool(getattr(module, _HELD, False))
 
 
-def sync(model: nn.Module, modules: Iterable[nn.Module]) -> None:
-    """Hold each norm module whose parameters are all frozen; release the others."""
-    for module in modules:
-        params = list(module.parameters(recurse=False))
-        if not params or not has_running_stats(module):
-            continue
-        if all(not p.requires_grad for p in params):
+def held_names(frozen: Mapping[str, bool], layers: Iterable[str]) -> set[str]:
+    """Which of the module names ``layers`` are held, given ``{parameter name: frozen}``:
+    those whose governing module (see the module docstring) has only frozen parameters."""
+    below: dict[str, bool] = {}  # module name -> every parameter in its subtree is frozen
+    for name, is_frozen in frozen.items():
+        module = name
+        while module:
+            module = module.rpartition(".")[0]
+            below[module] = below.get(module, True) and is_frozen
+    held = set()
+    for layer in layers:
+        scope = layer
+        while scope not in below and scope:
+            scope = scope.rpartition(".")[0]
+        if below.get(scope, False):
+            held.add(layer)
+    return held
+
+
+def sync(model: nn.Module) -> None:
+    """Hold each layer with running statistics whose governing parameters are all frozen;
+    release the held ones that no longer qualify (others keep the mode the user gave them)."""
+    frozen = {n: not p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
+    layers = {n: m for n, m in model.named_modules() if has_running_stats(m)}
+    held = held_names(frozen, layers)
+    for name, module in layers.items():
+        if name in held:
             hold(module)
-        else:
+        elif is_held(module):
             release(module, model.training)

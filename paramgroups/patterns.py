@@ -4,6 +4,10 @@ Names are dotted paths (``layer4.0.conv1.weight``). Globs are compiled once, thr
 into plain :mod:`re` patterns; matching a name is then one ``fullmatch``. Because wcmatch works
 on ``/``-separated paths, braces are expanded first (``{0..5}`` would otherwise become
 ``{0//5}``), then ``.`` is mapped to ``/`` (PyTorch forbids dots inside a module's own name).
+PyTorch allows every other character in a name (``ModuleDict({"a/b": ...})``), so a ``/`` in a
+name or pattern is first mapped to a private-use character: it stays inside its segment. A glob
+also matches the one name spelled exactly like it, so a name with glob characters
+(``d.[0].weight``) can always be selected by writing it out; a backslash escapes one character.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from .errors import PatternError
 _FLAGS = wcglob.GLOBSTAR | wcglob.BRACE | wcglob.DOTGLOB | wcglob.EXTGLOB
 _GLOB_CHARS = set("*?[]{}()!@+|")
 _MAX_EXPANSION = 10_000
+_SLASH = "\ue000"  # stands in for a ``/`` that is part of a name, not a separator
+_TO_PATH = str.maketrans({"/": _SLASH, ".": "/"})
 
 
 def to_path(name: str) -> str:
     """Map a dotted name to the ``/``-separated form compiled globs are matched against."""
-    return name.replace(".", "/")
+    return name.translate(_TO_PATH)
 
 
 class NameIndex:
@@ -48,7 +54,7 @@ class NameIndex:
         return self.names[lo:hi]
 
 
-_LITERAL_EDGE = re.compile(r"^[^*?\[\]{}()!@+|]*")
+_LITERAL_EDGE = re.compile(r"^[^*?\[\]{}()!@+|\\]*")
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,10 @@ class Pattern:
 
     def matches(self, name: str, path: str) -> bool:
         """Whether the dotted ``name`` (whose ``/`` form is ``path``) matches."""
+        if not self.is_regex and name == self.text:
+            return True
         if self.literal is not None:
-            return name == self.literal
+            return False
         return self.regex.fullmatch(name if self.is_regex else path) is not None
 
     def select(self, index: NameIndex) -> list[str]:
@@ -80,11 +88,11 @@ class Pattern:
             return [self.literal] if self.literal in index.paths else []
         if self.is_regex:
             return [n for n in index.names if self.regex.fullmatch(n)]
-        out: list[str] = []
         paths = index.paths
+        out = [self.text] if self.text in paths else []  # the name spelled like the glob
         for prefix, suffix, regex in self.alternatives:
             for n in index.with_prefix(prefix):
-                if n.endswith(suffix) and regex.fullmatch(paths[n]):
+                if n.endswith(suffix) and n != self.text and regex.fullmatch(paths[n]):
                     out.append(n)
         return out
 
@@ -103,7 +111,7 @@ def compile_pattern(text: str) -> Pattern:
     if not _GLOB_CHARS & set(text):
         return Pattern(text, re.compile(re.escape(text)), False, text)
     try:
-        expanded = bracex.expand(text, limit=_MAX_EXPANSION)
+        expanded = bracex.expand(text, keep_escapes=True, limit=_MAX_EXPANSION)
     except Exception as exc:  # bracex raises a bare ValueError/RuntimeError subclass
         raise PatternError(f"invalid pattern {text!r}: {exc}") from None
     alternatives = []

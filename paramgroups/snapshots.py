@@ -2,31 +2,62 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from typing import Callable, Iterable, Mapping
 
-from .inventory import canonical_name, ddp_prefixes, saved_ddp_prefixes
+from .inventory import canonical_name, saved_ddp_prefixes, strip_wrappers, wrapped_children
 from .models import NORM_BUFFERS
+from .norms import held_names
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of every parameter and buffer, under canonical names."""
-    ddp = ddp_prefixes(model)
-    return {canonical_name(k, ddp): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+    wrapped = wrapped_children(model)
+    return {strip_wrappers(k, wrapped): v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
             if isinstance(v, torch.Tensor)}
 
 
+CHUNK = 1 << 20  # elements compared at a time: a few MB of temporaries, whatever the tensor
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The largest absolute difference of two same-shape tensors (inf when shapes differ)."""
+    """The largest absolute difference of two same-shape tensors (inf when shapes differ).
+
+    NaN at the same place on both sides counts as equal (as do equal infinities); NaN on one
+    side only makes the result NaN. The tensors are compared :data:`CHUNK` elements at a time
+    in double precision, so a multi-GB tensor costs no multi-GB copies.
+    """
     if a.shape != b.shape:
         return float("inf")
-    if a.is_complex():
-        return float((a.to(torch.complex128) - b.to(torch.complex128)).abs().max().item()) if a.numel() else 0.0
-    if a.dtype == torch.bool or not a.is_floating_point():
-        return float((a.to(torch.int64) - b.to(torch.int64)).abs().max().item()) if a.numel() else 0.0
-    return float((a.double() - b.double()).abs().max().item()) if a.numel() else 0.0
+    if a.is_complex() or b.is_complex():
+        wide = torch.complex128
+    elif a.is_floating_point() or b.is_floating_point():
+        wide = torch.float64
+    else:  # integers and bools
+        wide = torch.int64
+    x, y = a.reshape(-1), b.reshape(-1)
+    out = 0.0
+    for start in range(0, x.numel(), CHUNK):
+        u, v = x[start:start + CHUNK].to(wide), y[start:start + CHUNK].to(wide)
+        d = (u - v).abs()
+        if wide != torch.int64:
+            d.masked_fill_((u == v) | (u.isnan() & v.isnan()), 0)
+        out = max(out, float(d.max()))
+        if math.isnan(out):
+            break
+    return out
+
+
+def _differs(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """``max_abs_diff`` of tensors that differ in shape, dtype or value (NaN equals NaN), or None."""
+    if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
+        return None
+    d = max_abs_diff(a, b)
+    return d if d != 0 or a.dtype != b.dtype else None
 
 
 def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -38,8 +69,9 @@ def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, floa
         if new is None:
             out[name] = float("inf")
             continue
-        if not torch.equal(old, new):
-            out[name] = max_abs_diff(old, new)
+        d = _differs(old, new)
+        if d is not None:
+            out[name] = d
     return out
 
 
@@ -59,9 +91,9 @@ def diff_states(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Te
         if name not in a or name not in b:
             out[name] = float("inf")
             continue
-        x, y = before[a[name]], after[b[name]]
-        if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
-            out[name] = max_abs_diff(x, y)
+        d = _differs(before[a[name]], after[b[name]])
+        if d is not None:
+            out[name] = d
     return out, len(names)
 
 
@@ -69,8 +101,9 @@ def frozen_names(plan, model: nn.Module, names: Iterable[str], at: float | None 
                  steps_per_epoch: int | None = None) -> set[str]:
     """Which of ``names`` the plan says are frozen: at epoch ``at``, or for the whole run.
 
-    Norm running statistics count as frozen when every parameter of their layer is (and the
-    plan holds frozen norm layers, ``bn="freeze"``).
+    Norm running statistics count as frozen when the plan holds frozen norm layers
+    (``bn="freeze"``) and holds theirs: by the rule of :mod:`paramgroups.norms`, also for layers
+    without parameters of their own.
     """
     res = plan.resolve(model)
     if at is None:
@@ -82,11 +115,7 @@ def frozen_names(plan, model: nn.Module, names: Iterable[str], at: float | None 
     param_frozen = {n: rec.index in frozen for rec in res.records for n in rec.names}
     out = {n for n, f in param_frozen.items() if f}
     if plan.bn == "freeze":
-        by_module: dict[str, list[bool]] = {}
-        for p, f in param_frozen.items():
-            by_module.setdefault(p.rpartition(".")[0], []).append(f)
-        for name in names:
-            module, _, leaf = name.rpartition(".")
-            if leaf in NORM_BUFFERS and all(by_module.get(module, [False])):
-                out.add(name)
+        stats = {n: n.rpartition(".")[0] for n in names if n.rpartition(".")[2] in NORM_BUFFERS}
+        held = held_names(param_frozen, set(stats.values()))
+        out |= {n for n, layer in stats.items() if layer in held}
     return out & set(names)
