@@ -230,6 +230,17 @@ def test_ddp_is_unwrapped_but_a_users_module_child_below_it_is_kept(process_grou
     assert [(a.record.name, a.lr, a.frozen) for a in plan.resolve(DistributedDataParallel(net)).assignments] == bare
 
 
+def test_fsdp1_wrappers_are_unwrapped_around_a_users_module_child(process_group):
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    own = Own()
+    own._orig_mod = FullyShardedDataParallel(own._orig_mod, use_orig_params=True, device_id=torch.device("cpu"))
+    fsdp = FullyShardedDataParallel(own, use_orig_params=True, device_id=torch.device("cpu"))
+    assert wrapped_children(fsdp) == {"_fsdp_wrapped_module", "_fsdp_wrapped_module._orig_mod._fsdp_wrapped_module"}
+    assert unwrap(fsdp) is own
+    assert [r["name"] for r in audit(fsdp).parameters] == OWN_NAMES
+
+
 # -- names with glob characters --------------------------------------------------------------
 
 
