@@ -8,11 +8,12 @@ other names as aliases.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -34,9 +35,12 @@ _NORM_TYPES = (
 # FrozenBatchNorm2d, transformers' LlamaRMSNorm/T5LayerNorm. A class whose name only contains
 # "Norm" (LayerNormLSTMCell) is some other layer.
 _NORM_NAME = re.compile(r".*Norm(?:[123]d\w*)?")
-# timm's usual no_weight_decay() tokens, used when the model does not declare its own.
+# timm's usual no_weight_decay() tokens (parameter leaf names), for models other than timm's
+# that declare no list. A model with a list, and any timm model, is taken at its word, as
+# timm's optimizer factory takes it: these are not added (timm decays a 2-D head.pos_embed).
 NO_DECAY_TOKENS = frozenset({"pos_embed", "cls_token", "dist_token", "reg_token",
                              "absolute_pos_embed", "relative_position_bias_table", "mask_token"})
+_WILDCARD = re.compile(r"[*?\[]")
 
 
 @dataclass
@@ -168,20 +172,41 @@ def _is_norm_class(cls: type) -> bool:
     return issubclass(cls, _NORM_TYPES) or any(_NORM_NAME.fullmatch(n) for n in _class_names(cls))
 
 
-def no_decay_tokens(model: nn.Module) -> frozenset[str]:
-    """Names the model declares exempt from weight decay (timm's ``no_weight_decay()``)."""
+def is_timm_model(model: nn.Module) -> bool:
+    """Whether ``model`` was built by timm (``timm.create_model`` gives it a ``pretrained_cfg``)."""
+    return isinstance(getattr(model, "pretrained_cfg", None), dict)
+
+
+def no_decay_tokens(model: nn.Module) -> frozenset[str] | None:
+    """Names the model declares exempt from weight decay (timm's ``no_weight_decay()``), or
+    None when it declares none (no such method, or the method fails)."""
     fn = getattr(model, "no_weight_decay", None)
-    declared: Iterable[str] = ()
-    if callable(fn):
-        try:
-            declared = fn() or ()
-        except Exception:  # a model's own hook failing must not break the audit
-            declared = ()
-    return NO_DECAY_TOKENS | frozenset(declared)
+    if not callable(fn):
+        return None
+    try:
+        return frozenset(fn() or ())
+    except Exception:  # a model's own hook failing must not break the audit
+        return None
 
 
-def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, names: list[str],
-           tokens: frozenset[str]) -> frozenset[str]:
+def no_decay_matcher(model: nn.Module) -> Callable[[str], bool]:
+    """Whether a parameter name is one the model exempts from weight decay, as timm decides.
+
+    A declared list is matched as timm's optimizer factory matches it: ``fnmatch`` on the full
+    name (``blocks.*.pos_embed``). A timm model that declares none exempts nothing; any other
+    model that declares none exempts the names whose last segment is in :data:`NO_DECAY_TOKENS`.
+    """
+    declared = no_decay_tokens(model)
+    if declared is None and not is_timm_model(model):
+        return lambda name: name.rpartition(".")[2] in NO_DECAY_TOKENS
+    declared = declared or frozenset()
+    literal = {p for p in declared if not _WILDCARD.search(p)}
+    wild = sorted(declared - literal)
+    return lambda name: name in literal or any(fnmatch.fnmatch(name, p) for p in wild)
+
+
+def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, name: str,
+           no_decay: Callable[[str], bool]) -> frozenset[str]:
     kinds = set()
     if leaf.endswith("bias"):
         kinds.add("bias")
@@ -189,9 +214,7 @@ def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, names: list[str],
         kinds.add("weight")
     if is_norm(module):
         kinds.add("norm")
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or any(
-        n in tokens or n.rsplit(".", 1)[-1] in tokens for n in names
-    ):
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or no_decay(name):
         kinds.add("embedding")
     if param.ndim <= 1:
         kinds.add("ndim<=1")
@@ -221,7 +244,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     """One :class:`ParamRecord` per distinct parameter tensor, in ``named_parameters`` order."""
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    tokens = no_decay_tokens(unwrap(model))
+    no_decay = no_decay_matcher(unwrap(model))
     wrapped = wrapped_children(model)
     modules = dict(model.named_modules(remove_duplicate=False))
     records: list[ParamRecord] = []
@@ -243,7 +266,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
         rec = ParamRecord(
             index=len(records), name=name, aliases=[], module=strip_wrappers(owner_raw, wrapped),
             module_class=type(owner).__name__, module_classes=_mro_names(owner),
-            kinds=_kinds(leaf, owner, param, [name], tokens), shape=tuple(param.shape),
+            kinds=_kinds(leaf, owner, param, name, no_decay), shape=tuple(param.shape),
             numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,
         )
         by_id[id(param)] = rec

@@ -3,7 +3,9 @@
 Ids come from one of three sources:
 
 - timm's ``model.group_matcher()`` (when no ``layers`` is given), exactly as timm's
-  ``param_groups_layer_decay`` computes them, so every LR equals timm's;
+  ``param_groups_layer_decay`` computes them, so every LR equals timm's; a timm model
+  without one gets timm's fallback, ``auto_group_layers`` (runs of 12 tensors, then the
+  head named by ``pretrained_cfg["classifier"]``);
 - a pattern with a numbered slot, ``blocks.{i}``, with BEiT's convention: parameters before
   the first block get 0, block i gets i + 1, everything after the last block the last id;
 - an ordered list of patterns, one id each in order; a parameter no pattern selects gets
@@ -18,7 +20,7 @@ from typing import Sequence
 from torch import nn
 
 from .errors import PlanError
-from .inventory import ParamRecord, unwrap
+from .inventory import ParamRecord, is_timm_model, unwrap
 from .patterns import NameIndex
 from .rules import Rule
 
@@ -75,12 +77,19 @@ def _list_ids(records: list[ParamRecord], patterns: Sequence[str | Sequence[str]
 
 def _timm_ids(model: nn.Module, records: list[ParamRecord]) -> list[int]:
     inner = unwrap(model)
-    if not callable(getattr(inner, "group_matcher", None)):
-        raise PlanError("layer_decay needs layers (a pattern such as 'blocks.{i}' or a list of "
-                        f"patterns), or a timm model with group_matcher(); {type(inner).__name__} has none")
-    from timm.models import group_parameters
+    if callable(getattr(inner, "group_matcher", None)):
+        from timm.models import group_parameters
 
-    layer_map = group_parameters(inner, inner.group_matcher(coarse=False), reverse=True)
+        layer_map = group_parameters(inner, inner.group_matcher(coarse=False), reverse=True)
+    elif is_timm_model(inner):
+        # a timm model without a matcher: timm's own fallback, runs of 12 tensors then the head
+        from timm.optim import auto_group_layers
+
+        layer_map = auto_group_layers(inner)
+    else:
+        raise PlanError("layer_decay needs layers (a pattern such as 'blocks.{i}' or a list of "
+                        f"patterns), or a timm model; {type(inner).__name__} has no group_matcher() "
+                        "and no pretrained_cfg")
     layer_max = max(layer_map.values())
     return [layer_map.get(rec.name, layer_max) for rec in records]
 
