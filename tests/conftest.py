@@ -1,6 +1,13 @@
-"""Shared fixtures: small models with known names, built on the CPU in microseconds."""
+"""Shared fixtures and helpers: small models with known names, the in-process CLI runner, and
+global torch flags restored after every test.
+
+``tests/`` is on ``sys.path`` (``pythonpath`` in pyproject.toml), so test files import
+``stagenet`` and ``run_cli`` (``from conftest import run_cli``) without path hacks.
+"""
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import pytest
 import torch
@@ -25,6 +32,29 @@ class Toy(nn.Module):
         self.head = nn.Linear(4, 10)
         if tied:
             self.head.weight = self.emb.weight
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """Run ``paramgroups ARGS...`` in-process (each arg through ``str``): exit code, stdout, stderr."""
+    from paramgroups.cli.main import main  # here, so a broken CLI fails only the CLI tests
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals() -> Iterator[None]:
+    """Undo what a test sets process-wide, so no test depends on which tests ran before it."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    dtype, threads, grad = torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.set_default_dtype(dtype)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    torch.set_grad_enabled(grad)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 import traceback
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-sys.path.insert(0, os.path.dirname(__file__))
-import stagenet  # noqa: E402
+import stagenet
 
-import paramgroups  # noqa: E402
-from paramgroups import Plan  # noqa: E402
+import paramgroups
+from paramgroups import Plan
 
 
 def run(rank: int, world: int, port: int, scenario: str, out: str) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from paramgroups.cli.main import main
+from conftest import run_cli as run
 
 PLAN = """\
 lr: 0.04
@@ -35,12 +35,6 @@ def plan_file(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text(PLAN)
     return path
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_schedule_json_has_every_group_at_every_epoch(capsys, plan_file):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
@@ -12,10 +9,9 @@ from safetensors.torch import save_file
 
 import paramgroups
 from paramgroups import Plan, Rule
-from paramgroups.cli.main import main
 
-sys.path.insert(0, str(Path(__file__).parent))
-import stagenet  # noqa: E402
+from conftest import run_cli as run
+import stagenet
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +27,6 @@ def run_files(tmp_path_factory):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "s9.safetensors"))
     (d / "plan.yaml").write_text(yaml.safe_dump(stagenet.make_plan("cosine").to_dict()))
     return d
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_diff_lists_changed_tensors_and_passes_when_frozen_ones_held(capsys, run_files):

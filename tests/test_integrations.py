@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,7 @@ from paramgroups import Plan, Rule
 from paramgroups.errors import PlanError
 from paramgroups.schedules import Schedule
 
-sys.path.insert(0, str(Path(__file__).parent))
-import stagenet  # noqa: E402
+import stagenet
 
 
 def test_importing_paramgroups_imports_no_trainer():

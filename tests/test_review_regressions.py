@@ -5,28 +5,19 @@ from __future__ import annotations
 import copy
 import io
 import pickle
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from paramgroups import Plan, Rule, Stage, audit
-from paramgroups.cli.main import main
 from paramgroups.errors import PlanError
 from paramgroups.norms import is_held
 from paramgroups.schedules import Schedule
 from paramgroups.snapshots import max_abs_diff
 
-sys.path.insert(0, str(Path(__file__).parent))
-from stagenet import Net  # noqa: E402
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_cli as run
+from stagenet import Net
 
 
 def test_models_with_held_norms_pickle_deepcopy_and_torch_save():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +13,8 @@ from paramgroups import Plan, Rule, Stage, audit
 from paramgroups.errors import PlanError, UnmatchedRuleError
 from paramgroups.schedules import Schedule
 
-sys.path.insert(0, str(Path(__file__).parent))
-import stagenet  # noqa: E402
-from stagenet import Net  # noqa: E402
+import stagenet
+from stagenet import Net
 
 
 def trainable(model: nn.Module) -> list[str]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -12,8 +9,7 @@ from torch import nn
 from paramgroups import Plan, Rule, audit
 from paramgroups.errors import ModelError
 
-sys.path.insert(0, str(Path(__file__).parent))
-from stagenet import Net  # noqa: E402
+from stagenet import Net
 
 PLAN = Plan([Rule("stem", freeze=True), Rule("layer{1,2}.0", lr=0.01), Rule("fc", lr=0.5),
              Rule(kinds=["bias", "norm"], weight_decay=0)], lr=0.05, weight_decay=1e-3)
