@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from paramgroups.cli.main import main
+from conftest import run_cli as run
 
 RESNET18_NUMEL = 11_689_512
 JSON_TOP = {"model", "optimizer", "implementation", "parameters", "groups", "totals", "problems"}
@@ -48,12 +48,6 @@ kinds = ["bias", "norm"]
 weight_decay = 0
 """
 FREEZE_STEM = "rules:\n  - match: [conv1, bn1]\n    freeze: true\n"
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    rc = main(list(args))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def audit_json(capsys, *args: str) -> dict:
