@@ -230,6 +230,7 @@ def test_ddp_is_unwrapped_but_a_users_module_child_below_it_is_kept(process_grou
     assert [(a.record.name, a.lr, a.frozen) for a in plan.resolve(DistributedDataParallel(net)).assignments] == bare
 
 
+@pytest.mark.filterwarnings("ignore:FSDP is switching to use `NO_SHARD`")  # world size 1
 def test_fsdp1_wrappers_are_unwrapped_around_a_users_module_child(process_group):
     from torch.distributed.fsdp import FullyShardedDataParallel
 
