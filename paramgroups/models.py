@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pickle
+from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .errors import ModelError
 from .inventory import canonical_name, saved_ddp_prefixes
+
+if TYPE_CHECKING:
+    from .inventory import ParamRecord
+    from .plan import Plan
+    from .rules import Rule
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -43,10 +51,14 @@ class CheckpointBatchNorm(CheckpointModule):
 def build_model(spec: str, *, num_classes: int | None = None,
                 device: str | torch.device = "meta") -> nn.Module:
     """Build ``spec``: a torchvision/timm name, ``timm:NAME``, ``torchvision:NAME``,
-    ``package.module:factory`` or a checkpoint file (``.pt``, ``.pth``, ``.safetensors``)."""
+    ``package.module:factory`` or a checkpoint file (``.pt``, ``.pth``, ``.safetensors``).
+
+    A bare word that is both a known model name and a file or folder in the working directory
+    means the model (``mkdir resnet18`` does not shadow it); write ``./resnet18`` for the path.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError(f"model must be a name or a file, got {spec!r}")
-    if spec.lower().endswith(CHECKPOINT_SUFFIXES) or Path(spec).exists():
+    if _is_path(spec):
         return load_checkpoint_model(spec)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     prefix, sep, rest = spec.partition(":")
@@ -59,14 +71,31 @@ def build_model(spec: str, *, num_classes: int | None = None,
     return _on_device(lambda: _named_model(spec, kwargs), device, spec)
 
 
+def _is_path(spec: str) -> bool:
+    """Whether ``spec`` means a file: a checkpoint suffix, an explicit path (``./x``, ``a/b``,
+    ``~/x``), or an existing path whose bare name is no known model name."""
+    if spec.lower().endswith(CHECKPOINT_SUFFIXES):
+        return True
+    if "/" in spec or "\\" in spec or spec.startswith((".", "~")):
+        return True
+    return ":" not in spec and Path(spec).exists() and not _known_name(spec)
+
+
+def _known_name(name: str) -> bool:
+    if name in _torchvision_names():
+        return True
+    import timm
+
+    return timm.is_model(name)
+
+
 def _on_device(build: Callable[[], nn.Module], device: str | torch.device, spec: str) -> nn.Module:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ModelError(f"invalid device {device!r}: {exc}") from None
     try:
-        with device:
-            model = build()
+        model = _construct(build, device)
     except ModelError:
         raise
     except TypeError as exc:
@@ -75,7 +104,49 @@ def _on_device(build: Callable[[], nn.Module], device: str | torch.device, spec:
         raise ModelError(f"building {spec!r} on {device} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    lazy = next((n for n, p in model.named_parameters() if is_lazy(p)), None)
+    if lazy is None:
+        lazy = next((n for n, b in model.named_buffers() if is_lazy(b)), None)
+    if lazy is not None:
+        raise ModelError(f"{spec!r} has uninitialized lazy modules ({lazy!r} has no shape yet): "
+                         f"give the layer its input size (nn.Linear instead of nn.LazyLinear), "
+                         f"or run one forward pass in the factory before returning the model")
     return model
+
+
+def _construct(build: Callable[[], nn.Module], device: torch.device) -> nn.Module:
+    """``build()`` with tensors created on ``device``. A constructor that computes with tensors
+    (torchvision's RegNet reads widths back with ``.tolist()``) cannot run with every tensor on
+    meta; it is built again with only its parameters and buffers moved there."""
+    try:
+        with device:
+            return build()
+    except NotImplementedError as exc:
+        if device.type != "meta" or "meta" not in str(exc):
+            raise
+    with _registered_on_meta():
+        return build()
+
+
+@contextmanager
+def _registered_on_meta() -> Iterator[None]:
+    """Move every parameter and buffer to meta as it is registered: each exists on the CPU
+    only between its creation and its registration, uninitialized."""
+    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
+
+    def parameter(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register_parameter(module, name, param)
+
+    def buffer(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter, nn.Module.register_buffer = register_parameter, register_buffer  # type: ignore[method-assign]
 
 
 def _torchvision_names() -> list[str]:
@@ -89,7 +160,19 @@ def _torchvision_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
 
     if name not in _torchvision_names():
         raise ModelError(f"unknown torchvision model {name!r}{_close(name, _torchvision_names())}")
-    return torchvision.models.get_model(name, weights=None, **kwargs)
+    return torchvision.models.get_model(name, **_torchvision_offline(name), **kwargs)
+
+
+def _torchvision_offline(name: str) -> dict[str, Any]:
+    """``weights=None`` and ``None`` for every other ``weights_*`` argument the builder takes:
+    detection and segmentation models otherwise download an ImageNet backbone. (Built so,
+    their backbones use BatchNorm2d and train every layer, as torchvision builds them from
+    scratch; with pretrained backbones it would use FrozenBatchNorm2d.)"""
+    import torchvision
+
+    builder = torchvision.models.get_model_builder(name)
+    params = inspect.signature(builder).parameters
+    return {k: None for k in params if k == "weights" or k.startswith("weights_")}
 
 
 def _timm_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
@@ -217,7 +300,26 @@ def _safetensors_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dt
         raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
+def _refuse_text(path: Path) -> None:
+    """A JSON, YAML or TOML file is no checkpoint: say what it probably is and what to pass."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(2**20)
+    except OSError:
+        return  # torch.load reports it
+    text_suffix = path.suffix.lower() in (".json", ".yaml", ".yml", ".toml")
+    if not text_suffix and not head.lstrip()[:1] in (b"{", b"["):
+        return
+    if b'"weight_map"' in head:
+        raise ModelError(f"{path}: not a checkpoint but the index of a sharded checkpoint: pass "
+                         f"the model (its name, or a package.module:factory that builds it)")
+    raise ModelError(f"{path}: not a checkpoint but a text file (a model config or a plan?): a "
+                     f"plan goes to --rules; for a model config pass a package.module:factory "
+                     f"that builds the model from it")
+
+
 def _torch_load(path: Path, map_location: str = "meta", mmap: bool = False) -> dict[str, Any]:
+    _refuse_text(path)
     try:
         try:
             obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -288,3 +390,72 @@ def module_from_shapes(shapes: dict[str, tuple[tuple[int, ...], torch.dtype]],
         except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
             raise ModelError(f"{source}: checkpoint key {key!r} is not a usable parameter name ({exc})") from None
     return root
+
+
+def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool = False) -> list[str]:
+    """Where ``plan`` selects by something a module rebuilt from a checkpoint cannot tell, one
+    message per rule (empty for any other module).
+
+    A checkpoint has names and shapes, and marks BatchNorm layers by their running statistics;
+    it has no classes. So ``modules`` cannot be decided, nor ``kinds: embedding`` for a 2-d
+    weight alone in its layer (nn.Embedding, or nn.Linear without bias), nor ``kinds: norm``
+    (or ``norm_trainable``) for a layer without statistics whose parameters are all 1-d
+    (LayerNorm, RMSNorm, or some scale). Resolved on the checkpoint, such a rule would quietly
+    give those parameters other values than on the model. ``freezing_only`` looks only at what
+    decides frozen state (rules that set ``freeze``, ``norm_trainable``) and at rules that
+    would match nothing on the checkpoint, as ``diff`` needs.
+    """
+    from .inventory import inventory
+    from .rules import Rule, name_table
+
+    if not isinstance(model, CheckpointModule):
+        return []
+    records = inventory(model)
+    covers, index = name_table(records)
+    out = []
+    for i, rule in enumerate(plan.all_rules):
+        if rule.modules is None and rule.kinds is None:
+            continue
+        if freezing_only and rule.freeze is None and (
+                rule.optional or rule.select(records, covers, index)):
+            continue  # sets no frozen state, and selects something (else: "matches no parameter")
+        doubt = next(filter(None, (_doubt(rule, records[k]) for k in
+                                   Rule(rule.match).select(records, covers, index))), None)
+        if doubt is not None:
+            where = rule.where(i) if i < len(plan.rules) else "no_decay"
+            by = " and ".join(f"{f} {getattr(rule, f)!r}" for f in ("modules", "kinds")
+                              if getattr(rule, f) is not None)
+            out.append(f"{where}: selects by {by}, which a checkpoint cannot tell ({doubt})")
+    if plan.norm_trainable:
+        unsure = next((r.name for r in records if "norm" in _possible_kinds(r)), None)
+        if unsure is not None:
+            out.append(f"norm_trainable: needs to know the norm layers, which a checkpoint cannot "
+                       f"tell (is {unsure!r} a norm parameter?)")
+    return out
+
+
+def _doubt(rule: Rule, rec: ParamRecord) -> str | None:
+    """What the checkpoint cannot tell about whether ``rule`` selects ``rec`` (None: it can)."""
+    if rule.kinds is not None and not rec.kinds.intersection(rule.kinds):
+        maybe = _possible_kinds(rec).intersection(rule.kinds)
+        if not maybe:
+            return None  # certainly not selected
+        if rule.modules is None:
+            kind = "an embedding" if "embedding" in maybe else "a norm parameter"
+            return f"is {rec.name!r} {kind}?"
+    if rule.modules is not None:
+        return f"the class of the layer holding {rec.name!r}"
+    return None
+
+
+def _possible_kinds(rec: ParamRecord) -> set[str]:
+    """Kinds a checkpoint parameter may have on the model that its names and shapes hide."""
+    params = rec.owner._parameters
+    leaf = rec.name.rpartition(".")[2]
+    out = set()
+    if leaf == "weight" and len(rec.shape) == 2 and len(params) == 1:
+        out.add("embedding")
+    if (not isinstance(rec.owner, CheckpointBatchNorm) and leaf in ("weight", "bias")
+            and all(p.ndim <= 1 for p in params.values())):
+        out.add("norm")
+    return out - rec.kinds
