@@ -42,6 +42,21 @@ def _model(spec: str, num_classes: int | None, device: str):
     return build_model(spec, num_classes=num_classes, device=device)
 
 
+def _decidable(plan, built, fix: str, freezing_only: bool = False) -> None:
+    """Refuse a plan that selects by what a checkpoint cannot tell (module classes, some kinds):
+    resolved on the checkpoint it would quietly assign other values than on the model."""
+    from paramgroups.errors import ModelError
+    from paramgroups.models import checkpoint_blind_spots
+
+    blind = checkpoint_blind_spots(plan, built, freezing_only=freezing_only)
+    if blind:
+        more = f" (and {len(blind) - 1} more)" if len(blind) > 1 else ""
+        raise ModelError(f"{blind[0]}{more}: {fix}")
+
+
+_AUDIT_THE_MODEL = "audit the model itself instead (its name, or a package.module:factory)"
+
+
 def _plan_options(f):
     f = click.option("--rules", "rules", type=click.Path(dir_okay=True), default=None,
                      help="Plan file (YAML, TOML or JSON).")(f)
@@ -54,6 +69,15 @@ def _plan_options(f):
     f = click.option("--device", default="meta", show_default=True,
                      help="Device to build the model on (meta allocates nothing).")(f)
     return f
+
+
+def _image_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--plot names an image format matplotlib writes (checked before any work is done)."""
+    if value is not None:
+        from paramgroups.plotting import check_image_path
+
+        check_image_path(value)
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,10 +101,17 @@ def cli(debug: bool) -> None:
               help="Show the learning rates at this epoch of the plan's schedule.")
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
               help="Iterations per epoch, for schedules stepped every iteration.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              callback=_image_path, help="Also draw the plan: LR per parameter (or module at "
+              "--depth) by group, frozen ones hatched; with stages, their timeline (needs matplotlib).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs the --plot timeline shows [default: the schedule's total, or a little "
+              "past the last stage].")
 def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float | None,
             optimizer: str | None, num_classes: int | None, device: str, fmt: str,
             tablefmt: str, only: str | None, match: str | None, depth: int | None,
-            at: float | None, steps_per_epoch: int | None) -> None:
+            at: float | None, steps_per_epoch: int | None, plot: str | None,
+            epochs: int | None) -> None:
     """Audit MODEL: every parameter with its group, lr, weight decay and trainable flag.
 
     MODEL is a torchvision or timm name (resnet18, timm:vit_base_patch16_224,
@@ -91,9 +122,16 @@ def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float
 
     _check_tablefmt(tablefmt)
     plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
-    report = audit(_model(model, num_classes, device), plan, name=model, strict=True, at=at,
-                   steps_per_epoch=steps_per_epoch)
+    built = _model(model, num_classes, device)
+    _decidable(plan, built, _AUDIT_THE_MODEL)
+    _warn(plan, steps_per_epoch)
+    report = audit(built, plan, name=model, strict=True, at=at, steps_per_epoch=steps_per_epoch)
     report = report.select(only=only, match=match)
+    if plot:
+        from paramgroups.plotting import plot_plan, save_figure
+
+        save_figure(plot_plan(report, plan, built, depth=depth, epochs=epochs,
+                              steps_per_epoch=steps_per_epoch), plot)
     if depth is not None:
         report = report.collapse(depth)
     out = {"table": lambda: report.to_table(tablefmt), "json": report.to_json,
@@ -108,27 +146,27 @@ def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float
               help="Every parameter the pattern selects must be frozen (repeatable).")
 @click.option("--expect-trainable", multiple=True, metavar="PATTERN",
               help="Every parameter the pattern selects must be trainable (repeatable).")
+@click.option("--at", "at", type=click.FloatRange(min=0), default=None, metavar="EPOCH",
+              help="Check the expectations at this epoch of the plan's stages (default: the start).")
+@click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
+              help="Iterations per epoch, for schedules stepped every iteration.")
 def check(model: str, rules: str | None, lr: float | None, weight_decay: float | None,
           optimizer: str | None, num_classes: int | None, device: str,
-          expect_frozen: Sequence[str], expect_trainable: Sequence[str]) -> None:
-    """Exit 0 if the plan is clean and every expectation holds, else 1 with one line each."""
-    from paramgroups.patterns import PatternList
-    from paramgroups.report import audit
+          expect_frozen: Sequence[str], expect_trainable: Sequence[str], at: float | None,
+          steps_per_epoch: int | None) -> None:
+    """Exit 0 if the plan is clean and every expectation holds, else 1 with one line per
+    problem and per module that breaks an expectation."""
+    from paramgroups.report import audit, expectation_violations
 
     plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
-    expectations = [(p, PatternList(p), False) for p in expect_frozen]
-    expectations += [(p, PatternList(p), True) for p in expect_trainable]
-    report = audit(_model(model, num_classes, device), plan, name=model)
+    expectations = [(p, False) for p in expect_frozen] + [(p, True) for p in expect_trainable]
+    built = _model(model, num_classes, device)
+    _decidable(plan, built, _AUDIT_THE_MODEL)
+    report = audit(built, plan, name=model, at=at,
+                   steps_per_epoch=steps_per_epoch)
     violations = list(report.problems)
-    for text, _, want in expectations:
-        rows = report.select(match=text).parameters
-        if not rows:
-            violations.append(f"expectation {text!r} selects no parameter")
-        for r in rows:
-            if r["trainable"] != want:
-                state = "trainable" if r["trainable"] else "frozen"
-                violations.append(f"{r['name']} is {state}, expected {'trainable' if want else 'frozen'} "
-                                  f"(by {text!r})")
+    for text, want in expectations:
+        violations += expectation_violations(report, text, want)
     for line in violations:
         click.echo(f"violation: {line}")
     if violations:
@@ -151,9 +189,13 @@ def check(model: str, rules: str | None, lr: float | None, weight_decay: float |
               show_default=True)
 @click.option("--tablefmt", default="simple", show_default=True, help="Any tabulate table format.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
-              help="Also draw the curves, one line per group (needs matplotlib).")
+              callback=_image_path,
+              help="Also draw the curves, one per group, stages and warmups marked (needs matplotlib).")
+@click.option("--log-lr/--linear-lr", "log_lr", default=None,
+              help="LR axis of --plot [default: log when the LRs span more than a decade].")
 def schedule(model: str | None, rules: str | None, epochs: int, steps_per_epoch: int | None,
-             num_classes: int | None, fmt: str, tablefmt: str, plot: str | None) -> None:
+             num_classes: int | None, fmt: str, tablefmt: str, plot: str | None,
+             log_lr: bool | None) -> None:
     """The learning rate of every group at every epoch of the plan's schedule."""
     import json
 
@@ -163,41 +205,31 @@ def schedule(model: str | None, rules: str | None, epochs: int, steps_per_epoch:
 
     _check_tablefmt(tablefmt)
     plan = _plan(rules, {})
+    _warn(plan, steps_per_epoch)
     built = _model(model, num_classes, "meta") if model else None
     headers, rows = schedule_table(plan, built, epochs, steps_per_epoch)
     if plot:
-        _plot(headers, rows, plot)
+        from paramgroups.plotting import plot_schedule, save_figure
+
+        save_figure(plot_schedule(plan, built, epochs, steps_per_epoch, log=log_lr), plot)
     if fmt == "json":
         click.echo(json.dumps({"columns": headers, "rows": rows}, indent=2))
-    elif fmt == "csv":
-        click.echo("\n".join(",".join(map(str, r)) for r in [headers, *rows]))
+    elif fmt == "csv":  # frozen cells stay empty; group names may hold commas
+        import csv
+        import io
+
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([headers, *rows])
+        click.echo(buf.getvalue().rstrip("\n"))
     else:
-        click.echo(tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".6g"))
+        click.echo(tabulate(rows, headers=headers, tablefmt=tablefmt, floatfmt=".6g",
+                            missingval="frozen"))
 
 
-def _plot(headers: list[str], rows: list[list[Any]], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise click.UsageError("--plot needs matplotlib: pip install 'paramgroups[plot]'") from None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    epochs = [r[0] for r in rows]
-    for i, name in enumerate(headers[1:], start=1):
-        ax.plot(epochs, [r[i] for r in rows], label=name, marker="o", markersize=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("learning rate")
-    ax.legend(fontsize="small")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    try:
-        fig.savefig(path)
-    except OSError as exc:
-        raise click.UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+def _warn(plan: Any, steps_per_epoch: int | None) -> None:
+    """The plan's warnings, one line each on stderr (the output stays clean for pipes)."""
+    for message in plan.warnings(steps_per_epoch):
+        click.echo(f"paramgroups: warning: {message}", err=True)
 
 
 def _check_tablefmt(tablefmt: str) -> None:
@@ -232,6 +264,12 @@ def diff(before: str, after: str, rules: str | None, at: float | None,
     from paramgroups.snapshots import diff_states, frozen_names
 
     _check_tablefmt(tablefmt)
+    if rules:  # before the comparison, which can take minutes: a bad plan fails at once
+        plan = _plan(rules, {})
+        built = (_model(model, None, "meta") if model
+                 else module_from_shapes(read_checkpoint_shapes(before), before))
+        _decidable(plan, built, "pass --model NAME, the model the checkpoints were saved from",
+                   freezing_only=True)
     a, b = open_checkpoint(before), open_checkpoint(after)
     with click.progressbar(length=len(set(a) | set(b)), label="comparing", file=sys.stderr,
                            show_pos=True) if sys.stderr.isatty() else _NoBar() as bar:
@@ -243,9 +281,6 @@ def diff(before: str, after: str, rules: str | None, at: float | None,
         changes, compared = diff_states(a, b, progress)
     frozen: set[str] = set()
     if rules:
-        plan = _plan(rules, {})
-        built = (_model(model, None, "meta") if model
-                 else module_from_shapes(read_checkpoint_shapes(before), before))
         frozen = frozen_names(plan, built, changes, at, steps_per_epoch)
     rows = [[name, f"{d:.3g}", "FROZEN" if name in frozen else ""] for name, d in changes.items()]
     if rows:

@@ -40,6 +40,10 @@ class ModelError(ParamgroupsError, ValueError):
     """A model name, factory or checkpoint that cannot be resolved."""
 
 
+class PlotError(ParamgroupsError, ValueError):
+    """A picture that cannot be drawn or written: no matplotlib, an unknown image format."""
+
+
 def located(message: str, *, source: str | None = None, line: int | None = None,
             rule: int | None = None) -> str:
     """Prefix ``message`` with where it happened: ``file:line: rule N: message``."""
@@ -49,3 +53,8 @@ def located(message: str, *, source: str | None = None, line: int | None = None,
     if rule is not None:
         where.append(f"rule {rule}")
     return ": ".join(where + [message])
+
+
+class PlanWarning(UserWarning):
+    """A plan that works but probably does not do what its author meant (a stage warmup that
+    spends a whole epoch at LR 0, say)."""
