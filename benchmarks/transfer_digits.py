@@ -290,7 +290,7 @@ def plot(results: Sequence[Result], path: Path, title: str) -> bool:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("test accuracy on digits 5-9 (%)")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     axt.set_xlabel("train CPU time per run (s)")
     axt.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
