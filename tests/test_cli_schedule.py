@@ -41,7 +41,7 @@ def test_schedule_json_has_every_group_at_every_epoch(capsys, plan_file):
     code, out, err = run(capsys, "schedule", "resnet18", "--rules", plan_file, "--epochs", 18, "--format", "json")
     assert (code, err) == (0, "")
     data = json.loads(out)
-    assert data["columns"] == ["epoch", "lr=0.04 wd=0", "lr=0.4 wd=0"]
+    assert data["columns"] == ["epoch", "default", "fc"]  # groups named by what selects them
     for epoch, low, high in data["rows"]:
         assert low == pytest.approx(expected_base(epoch), rel=1e-12)
         assert high == pytest.approx(10 * expected_base(epoch), rel=1e-12)
@@ -53,6 +53,18 @@ def test_schedule_without_model_shows_the_base_lr(capsys, plan_file):
     lines = out.splitlines()
     assert lines[0] == "epoch,base lr"
     assert [float(x.split(",")[1]) for x in lines[1:]] == pytest.approx([expected_base(e) for e in range(3)])
+
+
+def test_schedule_csv_leaves_frozen_cells_empty_and_quotes_names(capsys, tmp_path):
+    (tmp_path / "p.yaml").write_text("lr: 0.1\nrules:\n  - match: [layer4, fc]\n    freeze: true\n"
+                                     "stages:\n  - epoch: 2\n    unfreeze: [layer4, fc]\n")
+    code, out, _ = run(capsys, "schedule", "resnet18", "--rules", tmp_path / "p.yaml", "--epochs", 3,
+                       "--format", "csv")
+    assert code == 0
+    assert out.splitlines() == ['epoch,default,"layer4,fc, thaws at epoch 2"',
+                                "0,0.1,", "1,0.1,", "2,0.1,0.1"]
+    code, out, _ = run(capsys, "schedule", "resnet18", "--rules", tmp_path / "p.yaml", "--epochs", 3)
+    assert out.splitlines()[2].split() == ["0", "0.1", "frozen"]
 
 
 def test_schedule_table_and_steps_per_epoch(capsys, tmp_path):
@@ -77,7 +89,8 @@ def test_schedule_plot_without_matplotlib_is_a_clear_error(capsys, plan_file, tm
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     code, out, err = run(capsys, "schedule", "--rules", plan_file, "--epochs", 2, "--plot", tmp_path / "x.png")
     assert code == 2 and out == ""
-    assert err == "paramgroups: error: --plot needs matplotlib: pip install 'paramgroups[plot]'\n"
+    assert err == ("paramgroups: error: plots need matplotlib, which is not installed: "
+                   "pip install 'paramgroups[plot]'\n")
 
 
 @pytest.mark.parametrize("args,needle", [
