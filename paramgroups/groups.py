@@ -8,7 +8,7 @@ optimizer ``state_dict`` saved from it, is the same on every run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from .rules import Assignment
 
@@ -45,25 +45,37 @@ def _key(a: Assignment) -> tuple:
             repr(sorted(a.options.items())))
 
 
-def _fmt(x: float) -> str:
-    return f"{x:g}"
+def group_name(a: Assignment, rule_names: Sequence[tuple[str, bool]],
+               stage_names: Sequence[tuple[str, str]]) -> str:
+    """What the group is: its ``group`` label, or the rules (and stage) that define it.
 
-
-def group_name(a: Assignment) -> str:
-    """A readable name: the rule's ``group`` label, or the settings that set the group apart."""
+    ``rule_names[i]`` describes rule i: (its patterns, or the kinds/modules it selects, ``""``
+    for a rule that selects everything; whether it selects by name); ``stage_names[i]`` is
+    stage i's (pattern it thaws or freezes, ``"epoch 4"``). Names depend only on the plan and the model,
+    so they are the same on every run (state dicts). Examples: ``fc + bias,norm``,
+    ``layer 3: blocks.2``, ``layer3, thaws at epoch 4``.
+    """
     if a.label:
-        name = a.label
+        what = a.label
     else:
-        name = "" if a.layer is None else f"layer{a.layer} "
-        name += f"lr={_fmt(a.lr)} wd={_fmt(a.weight_decay)}"
-        name += "".join(f" {k}={v}" for k, v in sorted(a.options.items()))
-    name += " frozen" if a.frozen else ""
-    changes = [f"{'thawed' if action == 'thaw' else 'frozen'} by stage {i}" for i, action in a.events]
-    return name + (f" ({', '.join(changes)})" if changes else "")
+        names = [rule_names[i] for i in a.rules if rule_names[i][0]]
+        if a.events:  # a staged group is named by what its first stage selects
+            names = [(stage_names[a.events[0][0]][0], True), *(n for n in names if not n[1])]
+        what = " + ".join(dict.fromkeys(text for text, _ in names)) or "default"
+        if a.layer is not None:
+            what = f"layer {a.layer}: {what}" if what != "default" else f"layer {a.layer}"
+    changes = [f"{'thaws' if action == 'thaw' else 'freezes'} at {stage_names[i][1]}"
+               for i, action in a.events]
+    state = ["frozen"] if a.frozen and not a.events else []
+    return ", ".join([what, *state, *changes])
 
 
-def build_groups(assignments: list[Assignment]) -> list[Group]:
+def build_groups(assignments: list[Assignment], rule_names: Sequence[tuple[str, bool]] = (),
+                 stage_names: Sequence[tuple[str, str]] = ()) -> list[Group]:
     """Group assignments by identical settings; set ``assignment.group`` to the group index.
+
+    ``rule_names``/``stage_names`` describe the plan's rules and stages for the group names
+    (see :func:`group_name`).
 
     Parameters that never train stay outside every group: non-floating dtypes, and parameters
     the model itself froze that no rule or stage thaws (a PEFT base: no state, no work).
@@ -76,7 +88,7 @@ def build_groups(assignments: list[Assignment]) -> list[Group]:
         key = _key(a)
         group = groups.get(key)
         if group is None:
-            group = Group(len(groups), group_name(a), a.lr, a.weight_decay, a.frozen,
+            group = Group(len(groups), group_name(a, rule_names, stage_names), a.lr, a.weight_decay, a.frozen,
                           dict(a.options), a.events)
             groups[key] = group
         group.members.append(a)

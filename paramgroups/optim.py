@@ -167,11 +167,14 @@ def implementation(cls: type, options: dict[str, Any], records: list) -> dict[st
     """``fused=True`` on CUDA where ``cls`` has a fused kernel, else ``foreach=True``.
 
     Nothing is chosen when the plan sets ``fused`` or ``foreach`` itself, or for parameters
-    on other devices (meta, MPS, ...), where torch's own default stands.
+    on other devices (MPS, ...), where torch's own default stands. Parameters on the meta
+    device (an audit of a model never allocated) count as being on the device training will
+    use: CUDA when this machine has it, else the CPU.
     """
     if "fused" in options or "foreach" in options:
         return {}
-    devices = {r.device.type for r in records if r.is_float}
+    train_on = "cuda" if torch.cuda.is_available() else "cpu"
+    devices = {train_on if r.device.type == "meta" else r.device.type for r in records if r.is_float}
     if devices == {"cuda"} and takes(cls, "fused") and "fused" in accepted_options(cls)[0]:
         return {"fused": True}
     if devices <= {"cuda", "cpu"} and devices and "foreach" in accepted_options(cls)[0]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import gc
+import math
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +22,19 @@ from torch import nn
 
 from . import distributed, norms, optim
 from .config import LocatedError, Locations, located, read_plan_file
-from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, RuleError
+from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, PlanWarning, RuleError
 from .groups import build_groups
 from .inventory import inventory
 from .layers import layer_ids, layer_scales
 from .patterns import PatternList
-from .schedules import Schedule
+from .schedules import Schedule, check_group_lrs
 from .values import describe, is_finite_number
 from .stages import Stage, check_stages, first_step, stage_state, stage_steps, timelines
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
-from .rules import RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, name_table, resolve
+from .rules import (RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, name_table,
+                    resolve, rule_text)
 
 EXTRA_FIELDS = {"schedule": None, "layer_decay": None, "layers": None, "no_decay": False,
                 "stages": (), "bn": "freeze", "norm_trainable": False}
@@ -90,6 +93,14 @@ class Plan:
             self.optimizer_class = optim.optimizer_class(optimizer)
         with located(loc, "lr"):
             self.lr = check_number("lr", lr, PlanError)
+        if self.schedule is not None:
+            with located(loc, "schedule"):
+                try:
+                    base_lr = self.base_lr
+                except OptimizerError:  # no lr at all: building the optimizer says so
+                    base_lr = None
+                if base_lr is not None:
+                    self.schedule.check_base_lr(base_lr)
         with located(loc, "weight_decay"):
             if weight_decay is None:
                 raise PlanError("weight_decay must be a number, got None")
@@ -312,13 +323,28 @@ class Plan:
                 at_zero = [i for i, _ in ev if self.stages[i].when == 0]
                 a.frozen_by = f"stage {at_zero[-1]}" if fr and at_zero else None
             a.events, a.frozen = ev, fr
-        res.groups = build_groups(res.assignments)
+        res.groups = build_groups(res.assignments, self._rule_texts(), self._stage_texts())
+        check_group_lrs(self.schedule or Schedule(), self.base_lr, [
+            (g.name, g.lr, [self.stages[i].lr_mult for i, act in g.events if act == "thaw"])
+            for g in res.groups])
         if not optim.takes(self.optimizer_class, "weight_decay"):
             wd = sorted({g.weight_decay for g in res.groups if g.weight_decay})
             if wd:
                 raise OptimizerError(f"optimizer {self.optimizer_class.__name__} does not take "
                                      f"weight_decay, but the plan gives {wd[0]:g}")
         return res
+
+    def _rule_texts(self) -> list[tuple[str, bool]]:
+        texts = [rule_text(r) for r in self.rules]
+        return texts + [("no_decay", False)] if self.no_decay else texts
+
+    def _stage_texts(self) -> list[tuple[str, str]]:
+        out = []
+        for st in self.stages:
+            what = st.unfreeze if st.unfreeze is not None else st.freeze
+            when = f"epoch {st.epoch:g}" if st.epoch is not None else f"step {st.step}"
+            out.append((what if isinstance(what, str) else ",".join(what), when))
+        return out
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Plain torch param-group dicts (also what DeepSpeed and other engines take)."""
@@ -400,9 +426,24 @@ class Plan:
         if self.stages and (binding is None or binding.plan is not self or binding.model is None):
             raise PlanError("a plan with stages needs the optimizer from plan.optimizer(model) "
                             "of this same plan: its groups follow the stages")
+        for message in self.warnings(steps_per_epoch):
+            warnings.warn(message, PlanWarning, stacklevel=2)
         with self._in_file():
             return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
                                  steps_per_epoch=steps_per_epoch, binding=binding)
+
+    def warnings(self, steps_per_epoch: int | None = None) -> list[str]:
+        """What in this plan probably is not meant, for a scheduler stepped as given: a stage
+        warmup stepped once per epoch spends the stage's whole first epoch at ``warmup_start``
+        (LR 0 by default)."""
+        unit = (self.schedule or Schedule()).unit
+        if steps_per_epoch is not None or unit == "step":
+            return []
+        return [f"stage {i} warms up over {st.warmup:g} epoch(s) but the scheduler steps once per "
+                f"epoch: epoch {st.epoch:g} trains at {st.warmup_start:g} x its LR"
+                f"{' (nothing moves)' if st.warmup_start == 0 else ''}; pass steps_per_epoch to "
+                f"ramp per iteration"
+                for i, st in enumerate(self.stages) if st.epoch is not None and st.warmup > 0]
 
     def stage_state_at(self, res: Resolution, epoch: float | None = None,
                        steps_per_epoch: int | None = None) -> list[tuple[bool, float]]:
@@ -448,6 +489,9 @@ class Plan:
 def _step_of(epoch: float, steps_per_epoch: int | None) -> int:
     if not is_finite_number(epoch) or epoch < 0:
         raise PlanError(f"the epoch to look at must be a finite number >= 0, got {describe(epoch)}")
+    if not math.isfinite(epoch * (steps_per_epoch or 1)):
+        raise PlanError(f"the epoch to look at, {epoch:g}, times {steps_per_epoch} steps per epoch "
+                        "is beyond float range: look at an earlier epoch")
     return first_step(epoch, steps_per_epoch)
 
 

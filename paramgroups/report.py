@@ -11,7 +11,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,10 @@ from .inventory import inventory
 from .patterns import PatternList, to_path
 from .plan import PLAN_TAG, Plan
 
-COLUMNS = ("name", "shape", "numel", "module", "group", "lr", "weight_decay", "trainable", "rules")
+COLUMNS = ("name", "shape", "numel", "module", "group", "base_lr", "lr", "weight_decay", "trainable",
+           "rules")
+WIDTHS = {"name": 48, "module": 20, "rules": 14, "options": 28}  # wrap columns past these widths
+TABLE_WIDTH = 120  # a terminal's width: tables wrap their name column to fit
 LAYER_COLUMNS = ("layer", "lr_scale")  # shown when layer-wise LR decay is in use
 MIXED = "mixed"
 
@@ -39,11 +42,13 @@ class Audit:
     totals: dict[str, Any]
     problems: list[str] = field(default_factory=list)
     implementation: str | None = None  # "fused", "foreach" or "for-loop": the step's code path
+    lr_at: str = "step 0"  # when ``lr`` is taken; ``base_lr`` is before schedule and stages
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "optimizer": self.optimizer,
-                "implementation": self.implementation, "parameters": self.parameters,
-                "groups": self.groups, "totals": self.totals, "problems": self.problems}
+                "implementation": self.implementation, "lr_at": self.lr_at,
+                "parameters": self.parameters, "groups": self.groups, "totals": self.totals,
+                "problems": self.problems}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -75,19 +80,24 @@ class Audit:
 
         cols = self.columns()
         params = [[_rich_cell(r, c) for c in cols] for r in self.parameters]
-        group_cols = ("index", "name", "params", "numel", "lr", "weight_decay", "options")
-        groups = [[_cell(g[c]) for c in group_cols] for g in self.groups]
-        parts = [tabulate(params, headers=cols, tablefmt=tablefmt, disable_numparse=True),
-                 tabulate(groups, headers=("group", *group_cols[1:]), tablefmt=tablefmt,
-                          disable_numparse=True),
+        group_cols = ("index", "name", "params", "numel", "base_lr", "lr", "weight_decay", "options")
+        groups = [[_rich_cell(g, c) for c in group_cols] for g in self.groups]
+        parts = [_fit(params, self._headers(cols), tablefmt, [WIDTHS.get(c) for c in cols], 0),
+                 _fit(groups, self._headers(("group", *group_cols[1:])), tablefmt,
+                      [WIDTHS.get(c) for c in group_cols], 1),
                  tabulate(self.totals_rows(), tablefmt=tablefmt, disable_numparse=True)]
         if self.problems:
             parts.append("\n".join(f"problem: {p}" for p in self.problems))
         return "\n\n".join(parts)
 
+    def _headers(self, cols: Sequence[str]) -> list[str]:
+        """Column titles; the two LR columns say which LR they show."""
+        titles = {"base_lr": "base lr", "lr": f"lr@{self.lr_at.replace(' ', '')}", "weight_decay": "wd"}
+        return [titles.get(c, c) for c in cols]
+
     def totals_rows(self) -> list[list[str]]:
         t = self.totals
-        pct = (lambda n: f"{100.0 * n / t['numel']:.1f}%") if t["numel"] else (lambda n: "-")
+        pct = (lambda n: percent(n, t["numel"])) if t["numel"] else (lambda n: "-")
         state = t["optimizer_state_bytes"]
         return [["parameters", f"{t['params']:,}"], ["numel", f"{t['numel']:,}"],
                 ["trainable", f"{t['trainable']:,} ({pct(t['trainable'])})"],
@@ -115,9 +125,41 @@ def _row_matches(pats: PatternList, row: dict[str, Any]) -> bool:
     return hit and not pats.hits(candidates, "exclude")
 
 
+def _fit(rows: list[list[str]], headers: list[str], tablefmt: str, widths: list[int | None],
+         wrap: int, limit: int = TABLE_WIDTH) -> str:
+    """A tabulate table whose column ``wrap`` (the names) wraps so the table stays within
+    ``limit`` characters, down to 16 characters for that column."""
+    from tabulate import tabulate
+
+    widths = list(widths)
+    while True:
+        text = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True,
+                        maxcolwidths=widths)
+        over = max(map(len, text.splitlines()), default=0) - limit
+        now = max((len(line) for row in rows for line in str(row[wrap]).splitlines()), default=0)
+        if over <= 0 or now <= 16:
+            return text
+        widths[wrap] = max(16, now - over)
+
+
+def percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` to one decimal, never rounding a non-zero share to 0.0% or a
+    partial one to 100.0%."""
+    value = 100.0 * part / whole
+    if 0 < value < 0.05:
+        return "<0.1%"
+    if 99.95 <= value < 100:
+        return ">99.9%"
+    return f"{value:.1f}%"
+
+
 def _rich_cell(row: dict[str, Any], column: str) -> str:
-    """A table cell: tied names show their other names, frozen rows say who froze them."""
-    text = _cell(row[column], column)
+    """A table cell: counts with thousands separators, tied names show their other names,
+    frozen rows say who froze them."""
+    value = row[column]
+    if column in ("numel", "params") and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    text = _cell(value, column)
     if column == "name" and row.get("aliases"):
         return f"{text} (= {', '.join(row['aliases'])})"
     if column == "trainable" and row["trainable"] is False and row.get("frozen_by"):
@@ -166,7 +208,7 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         m["kinds"] = sorted(set(m["kinds"]) | set(r["kinds"]))
         if r["stats"] is not None and m["stats"] != r["stats"]:  # layers without statistics don't vote
             m["stats"] = r["stats"] if m["stats"] is None else MIXED
-        for col in ("dtype", "module", "group", "lr", "weight_decay", "trainable", "frozen_by",
+        for col in ("dtype", "module", "group", "base_lr", "lr", "weight_decay", "trainable", "frozen_by",
                     "layer", "lr_scale"):
             if m[col] != r[col]:
                 m[col] = MIXED
@@ -197,23 +239,24 @@ def audit(model: nn.Module, plan: Plan | None = None,
         if str(exc) not in problems:
             problems.append(str(exc))
     cls = plan.optimizer_class
-    f = 1.0 if at is None else plan.factor_at(at, steps_per_epoch)
+    f = plan.factor_at(0 if at is None else at, steps_per_epoch)
     state = plan.stage_state_at(res, at, steps_per_epoch)  # (frozen, stage factor) per group
     frozen = [state[a.group][0] if a.group is not None else True for a in res.assignments]
     frozen_by = plan.frozen_by_at(res, at, steps_per_epoch)
     held = _held_norms(res, frozen) if plan.bn == "freeze" else set()
-    params = [_param_row(a.record, a.group, a.lr * f * (state[a.group][1] if a.group is not None else 1),
-                         a.weight_decay, not fr, a.rules, a.layer, a.lr_scale,
+    params = [_param_row(a.record, a.group, a.lr,
+                         a.lr * f * (state[a.group][1] if a.group is not None else 1), a.weight_decay, not fr, a.rules, a.layer, a.lr_scale,
                          _stats(a.record.owner, held), by)
               for a, fr, by in zip(res.assignments, frozen, frozen_by)]
-    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr * f * state[g.index][1],
-                         g.weight_decay, g.options) for g in res.groups]
+    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr,
+                         g.lr * f * state[g.index][1], g.weight_decay, g.options) for g in res.groups]
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
     nbytes = _state_bytes(cls, [([a.record for a in g.members if not state[g.index][0]], m)
                                 for g, m in zip(res.groups, merged)])
     chosen = optim.implementation(cls, plan.optimizer_options, res.records)
     path = _path({**plan.optimizer_options, **chosen}, cls)
-    return Audit(model_name, cls.__name__, params, groups, _totals(params, nbytes), problems, path)
+    return Audit(model_name, cls.__name__, params, groups, _totals(params, nbytes), problems, path,
+                 "step 0" if at is None else f"epoch {at:g}")
 
 
 def _path(options: dict[str, Any], cls: type) -> str:
@@ -258,7 +301,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         gis = where.get(id(rec.param), [])
         g = opt.param_groups[gis[0]] if gis else None
         trainable = rec.param.requires_grad and rec.is_float
-        params.append(_param_row(rec, gis[0] if gis else None, g and g.get("lr"),
+        params.append(_param_row(rec, gis[0] if gis else None, g and g.get("initial_lr", g.get("lr")),
+                                 g and g.get("lr"),
                                  g and g.get("weight_decay"), trainable,
                                  rules_of.get(rec.index, []), None, g and g.get("lr_scale"),
                                  _live_stats(rec.owner),
@@ -280,7 +324,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         recs = [by_id[id(p)] for p in g["params"] if id(p) in by_id]
         options = {k: v for k, v in g.items() if k not in ("params", "name", "lr", "weight_decay")
                    and opt.defaults.get(k, _MISSING) != v}
-        groups.append(_group_row(gi, g.get("name", f"group {gi}"), recs, g.get("lr"),
+        groups.append(_group_row(gi, g.get("name", f"group {gi}"), recs, g.get("initial_lr", g.get("lr")),
+                                 g.get("lr"),
                                  g.get("weight_decay"), options))
         state_input.append(([r for r in recs if r.param.requires_grad], dict(g)))
     state = _state_bytes(type(opt), state_input)
@@ -301,19 +346,19 @@ def _live_stats(owner: nn.Module) -> str | None:
     return "frozen" if is_held(owner) else "updating"
 
 
-def _param_row(rec, group, lr, wd, trainable, rules, layer, lr_scale, stats, frozen_by
+def _param_row(rec, group, base_lr, lr, wd, trainable, rules, layer, lr_scale, stats, frozen_by
                ) -> dict[str, Any]:
     return {"name": rec.name, "aliases": list(rec.aliases), "shape": list(rec.shape),
             "numel": rec.numel, "dtype": str(rec.dtype).replace("torch.", ""),
             "module": rec.module_class, "kinds": sorted(rec.kinds), "group": group,
-            "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
+            "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
             "frozen_by": frozen_by, "rules": list(rules), "layer": layer,
             "lr_scale": _num(lr_scale), "stats": stats}
 
 
-def _group_row(index, name, recs, lr, wd, options) -> dict[str, Any]:
+def _group_row(index, name, recs, base_lr, lr, wd, options) -> dict[str, Any]:
     return {"index": index, "name": name, "params": len(recs),
-            "numel": sum(r.numel for r in recs), "lr": _num(lr), "weight_decay": _num(wd),
+            "numel": sum(r.numel for r in recs), "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd),
             "options": {k: _jsonable(v) for k, v in options.items()}}
 
 
@@ -346,6 +391,38 @@ def _totals(params: list[dict[str, Any]], state: int | None) -> dict[str, Any]:
     trainable = sum(p["numel"] for p in params if p["trainable"])
     return {"params": len(params), "numel": numel, "trainable": trainable,
             "frozen": numel - trainable, "optimizer_state_bytes": state}
+
+
+def expectation_violations(report: Audit, pattern: str, trainable: bool) -> list[str]:
+    """One line per module (or parameter) that ``pattern`` selects and that is not
+    ``trainable`` as expected: the largest modules whose selected parameters all break it."""
+    rows = report.select(match=pattern).parameters
+    if not rows:
+        return [f"expectation {pattern!r} selects no parameter"]
+    bad = {r["name"] for r in rows if r["trainable"] != trainable}
+    under: dict[str, list[str]] = {}  # module name -> the selected parameters below it
+    for r in rows:
+        parts = r["name"].split(".")
+        for depth in range(1, len(parts)):
+            under.setdefault(".".join(parts[:depth]), []).append(r["name"])
+    want, wrong = ("trainable", "frozen") if trainable else ("frozen", "trainable")
+    out, done = [], set()
+    for r in rows:
+        name = r["name"]
+        if name not in bad or name in done:
+            continue
+        parts = name.split(".")
+        top = next((".".join(parts[:d]) for d in range(1, len(parts))
+                    if all(n in bad for n in under[".".join(parts[:d])])), None)
+        if top is None:
+            out.append(f"{name} is {wrong}, expected {want} (by {pattern!r})")
+            done.add(name)
+            continue
+        members = under[top]
+        done.update(members)
+        count = f"{len(members):,} parameter{'s' if len(members) > 1 else ''}"
+        out.append(f"{top} ({count}) is {wrong}, expected {want} (by {pattern!r})")
+    return out
 
 
 def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,

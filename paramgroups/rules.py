@@ -337,6 +337,15 @@ def _tie_message(rec: ParamRecord, rules: Sequence[Rule], first: tuple[int, froz
             f"give both names the same settings, or select them in one rule")
 
 
+def rule_text(rule: Rule) -> tuple[str, bool]:
+    """A short name for what ``rule`` selects, for group names, and whether it is by name:
+    ``("layer4", True)``, ``("bias,norm", False)``, ``("", False)`` for everything."""
+    if rule.patterns.exclude or not all(p.everything for p in rule.patterns.include):
+        text = rule.match if isinstance(rule.match, str) else ",".join(rule.match)
+        return text, True
+    return ",".join([*(rule.modules or ()), *(rule.kinds or ())]), False
+
+
 def _describe(rule: Rule) -> str:
     parts = [f"match {rule.match!r}"]
     if rule.modules is not None:

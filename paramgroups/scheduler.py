@@ -8,6 +8,7 @@ that history is in ``state_dict()`` too.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -15,8 +16,12 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from . import norms
 from .errors import PlanError
-from .schedules import Schedule
+from .schedules import Schedule, check_group_lrs
 from .stages import stage_state, stage_steps
+
+
+_EPOCH_REFUSED = ("torch's deprecated scheduler.step(epoch) is not supported: call step() once per "
+                  "epoch (or per iteration), the scheduler counts the steps itself.")
 
 
 class PlanScheduler(LRScheduler):
@@ -31,18 +36,23 @@ class PlanScheduler(LRScheduler):
         if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or
                                             not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise PlanError(f"steps_per_epoch must be a whole number >= 1, got {steps_per_epoch!r}")
-        if base_lr <= 0 and (schedule.warmup_lr is not None or schedule.min_lr is not None):
-            raise PlanError("warmup_lr and min_lr are relative to the plan's lr, which is 0")
+        schedule.check_base_lr(base_lr)
+        stages = binding.plan.stages if binding is not None else ()
+        events = ([g.events for g in binding.resolution.groups] if stages
+                  else [()] * len(optimizer.param_groups))
+        check_group_lrs(schedule, base_lr, [
+            (g.get("name", str(i)), g.get("initial_lr", g["lr"]),
+             [stages[j].lr_mult for j, act in ev if act == "thaw"])
+            for i, (g, ev) in enumerate(zip(optimizer.param_groups, events))])
         self.schedule = schedule
         self.plan_base_lr = base_lr
         self.steps_per_epoch = steps_per_epoch
         self.plateau_level = 0
-        self.best: float | None = None
+        self.best = math.inf if schedule.mode == "min" else -math.inf  # as ReduceLROnPlateau
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
-        self.momentum_key = self._momentum_key(optimizer)
+        self.momentum_keys = self._momentum_keys(optimizer)
         self._binding = binding
-        stages = binding.plan.stages if binding is not None else ()
         self._stage_steps = stage_steps(stages, schedule.unit, steps_per_epoch)
         super().__init__(optimizer, last_epoch)
 
@@ -72,15 +82,12 @@ class PlanScheduler(LRScheduler):
         if changed and self._binding.plan.bn == "freeze":
             norms.sync(self._binding.model)
 
-    def _momentum_key(self, optimizer: torch.optim.Optimizer) -> str | None:
-        if self.schedule.momentum(0) is None:
-            return None
-        group = optimizer.param_groups[0]
-        if "betas" in group:
-            return "betas"
-        if group.get("momentum", 0):
-            return "momentum"
-        return None
+    def _momentum_keys(self, optimizer: torch.optim.Optimizer) -> list[str | None]:
+        """Per group, what onecycle cycles: beta1 of a group with ``betas``, the momentum of a
+        group whose momentum is above 0; a group with neither is left alone."""
+        cycles = self.schedule.main == "onecycle" and self.schedule.cycle_momentum
+        return ["betas" if cycles and "betas" in g else "momentum" if cycles and g.get("momentum", 0)
+                else None for g in optimizer.param_groups]
 
     def factor(self, step: int | None = None) -> float:
         """The schedule factor at ``step`` (default: the current step)."""
@@ -93,30 +100,43 @@ class PlanScheduler(LRScheduler):
         f = self.factor()
         return [base * f * stage for base, (_, stage) in zip(self.base_lrs, self.stage_state())]
 
-    def step(self, metric: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
-        """Advance one step; a ``plateau`` schedule also takes the metric to watch."""
+    def step(self, metric: float | torch.Tensor | None = None, epoch: int | None = None, *,
+             metrics: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
+        """Advance one step; a ``plateau`` schedule also takes the metric to watch
+        (``step(loss)`` or ``step(metrics=loss)``, as torch's ``ReduceLROnPlateau``).
+
+        torch's deprecated ``step(epoch)`` is refused: the scheduler counts its own steps
+        (a resumed run restores the count from ``state_dict()``).
+        """
+        if epoch is not None:
+            raise PlanError(_EPOCH_REFUSED)
+        metric = metrics if metric is None else metric
         if metric is not None:
             if self.schedule.main != "plateau":
-                raise PlanError(f"step(metric) is for plateau schedules; this one is {self.schedule.main}")
+                raise PlanError(f"step(metric) is for plateau schedules; this one is "
+                                f"{self.schedule.main}. {_EPOCH_REFUSED}")
+            if isinstance(metric, int) and not isinstance(metric, bool):
+                raise PlanError(f"step({metric}) looks like an epoch number: {_EPOCH_REFUSED} A "
+                                f"plateau schedule takes the metric as a float: step(float(value))")
             self._observe(float(metric))
         super().step()
         self._set_momentum()
         self._apply_stages()
 
     def _set_momentum(self) -> None:
-        if self.momentum_key is None:
+        if not any(self.momentum_keys):
             return
         m = self.schedule.momentum(self.last_epoch, self.steps_per_epoch)
-        for group in self.optimizer.param_groups:
-            if self.momentum_key == "betas":
+        for key, group in zip(self.momentum_keys, self.optimizer.param_groups):
+            if key == "betas":
                 group["betas"] = (m, *group["betas"][1:])
-            else:
+            elif key == "momentum":
                 group["momentum"] = m
 
     def _observe(self, metric: float) -> None:
         """ReduceLROnPlateau's bookkeeping: count bad epochs, reduce after ``patience``."""
         s = self.schedule
-        if self.best is None or self._better(metric, self.best):
+        if self._better(metric, self.best):  # a NaN is never better: a bad epoch, as in torch
             self.best, self.num_bad_epochs = metric, 0
         else:
             self.num_bad_epochs += 1
@@ -137,22 +157,51 @@ class PlanScheduler(LRScheduler):
         return a > (best * (1 + s.threshold) if s.threshold_mode == "rel" else best + s.threshold)
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain data only (loads with ``torch.load(weights_only=True)``)."""
+        """Plain data only (loads with ``torch.load(weights_only=True)``).
+
+        Besides the step and plateau history it holds what the run was built from (schedule,
+        stages, group names, ``steps_per_epoch``), so a resume into another plan is refused.
+        """
         state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("optimizer", "schedule", "_binding")}
-        state["schedule"] = self.schedule.to_dict()
+                 if k not in ("optimizer", "schedule", "_binding", "_stage_steps")}
+        state.update(self._fingerprint())
         state["frozen_groups"] = [i for i, (f, _) in enumerate(self.stage_state()) if f]
         return state
 
+    def _fingerprint(self) -> dict[str, Any]:
+        stages = self._binding.plan.stages if self._binding is not None else ()
+        return {"schedule": self.schedule.to_dict(), "stages": [st.to_dict() for st in stages],
+                "groups": [None if g.get("name") is None else str(g["name"])
+                           for g in self.optimizer.param_groups],
+                "steps_per_epoch": self.steps_per_epoch}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a saved run; a PlanError says what differs if it ran another plan."""
         saved = dict(state_dict)
         saved.pop("frozen_groups", None)  # derived from the step; kept for readers of checkpoints
-        schedule = saved.pop("schedule", None)
-        if schedule is not None and schedule != self.schedule.to_dict():
-            raise PlanError(f"the saved scheduler ran another schedule ({schedule}); "
-                            f"this one is {self.schedule.to_dict()}")
+        saved.pop("_stage_steps", None)  # derived from this plan's stages, never taken over
+        mine = self._fingerprint()
+        for key in mine:
+            if key in saved and saved[key] != mine[key]:
+                raise PlanError(f"cannot resume: {_difference(key, saved[key], mine[key])}")
+            saved.pop(key, None)
         if len(saved.get("base_lrs", self.base_lrs)) != len(self.base_lrs):
-            raise PlanError(f"the saved scheduler had {len(saved['base_lrs'])} groups; this optimizer "
-                            f"has {len(self.base_lrs)}: was it built from another plan?")
+            raise PlanError(f"cannot resume: the saved scheduler had {len(saved['base_lrs'])} groups; "
+                            f"this optimizer has {len(self.base_lrs)}: was it built from another plan?")
         self.__dict__.update(saved)
         self._apply_stages()
+
+
+def _difference(key: str, saved: Any, mine: Any) -> str:
+    """What differs between a saved run's ``key`` (its fingerprint) and this scheduler's."""
+    if key == "schedule":
+        return f"the saved scheduler ran another schedule ({saved}); this one is {mine}"
+    if key == "steps_per_epoch":
+        return (f"the saved scheduler stepped with steps_per_epoch={saved}; this one has {mine}: "
+                "pass the same steps_per_epoch")
+    what = {"stages": "stage", "groups": "group"}[key]
+    if len(saved) != len(mine):
+        return (f"the saved scheduler had {len(saved)} {what}s; this plan has {len(mine)}: "
+                "was it built from another plan?")
+    i = next(i for i, (a, b) in enumerate(zip(saved, mine)) if a != b)
+    return f"{what} {i} differs: saved {saved[i]!r}, this plan {mine[i]!r}"

@@ -11,7 +11,7 @@ import torch
 
 from paramgroups import Plan, Rule, audit
 
-JSON_PARAM_KEYS = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "lr",
+JSON_PARAM_KEYS = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "base_lr", "lr",
                    "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
 
 
@@ -24,7 +24,7 @@ def test_plan_audit_rows_groups_totals(toy):
     assert rows["head.bias"] == {
         "name": "head.bias", "aliases": [], "shape": [10], "numel": 10, "dtype": "float32",
         "module": "Linear", "kinds": ["bias", "ndim<=1"], "group": rows["head.bias"]["group"],
-        "lr": 0.1, "weight_decay": 0.0, "trainable": True, "frozen_by": None, "rules": [1, 2],
+        "base_lr": 0.1, "lr": 0.1, "weight_decay": 0.0, "trainable": True, "frozen_by": None, "rules": [1, 2],
         "layer": None, "lr_scale": 1.0, "stats": None}
     assert rows["stem.conv.weight"]["trainable"] is False and rows["stem.conv.weight"]["rules"] == [0]
     assert rows["stem.conv.weight"]["frozen_by"] == "rule 0"

@@ -18,12 +18,13 @@ import yaml
 from conftest import run_cli as run
 
 RESNET18_NUMEL = 11_689_512
-JSON_TOP = {"model", "optimizer", "implementation", "parameters", "groups", "totals", "problems"}
-JSON_PARAM = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "lr",
+JSON_TOP = {"model", "optimizer", "implementation", "lr_at", "parameters", "groups", "totals",
+            "problems"}
+JSON_PARAM = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "base_lr", "lr",
               "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
-JSON_GROUP = {"index", "name", "params", "numel", "lr", "weight_decay", "options"}
+JSON_GROUP = {"index", "name", "params", "numel", "base_lr", "lr", "weight_decay", "options"}
 JSON_TOTALS = {"params", "numel", "trainable", "frozen", "optimizer_state_bytes"}
-CSV_HEADER = "name,shape,numel,module,group,lr,weight_decay,trainable,rules"
+CSV_HEADER = "name,shape,numel,module,group,base_lr,lr,weight_decay,trainable,rules"
 
 # The README's example plan; YAML and JSON are dumped from PLAN, TOML is written out.
 PLAN = {"optimizer": "sgd", "lr": 0.001, "weight_decay": 0.0001, "momentum": 0.9,
@@ -88,8 +89,10 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 def test_inspect_table(capsys):
     rc, out, err = run(capsys, "inspect", "resnet18")
     assert (rc, err) == (0, "")
-    assert out.splitlines()[0].split() == CSV_HEADER.split(",")
-    assert re.search(r"^fc\.weight\s+1000x512\s+512000\s+Linear\s+0\s+0\.001\s+0\s+yes", out, re.M)
+    assert out.splitlines()[0].split() == ["name", "shape", "numel", "module", "group", "base", "lr",
+                                           "lr@step0", "wd", "trainable", "rules"]
+    assert re.search(r"^fc\.weight\s+1000x512\s+512,000\s+Linear\s+0\s+0\.001\s+0\.001\s+0\s+yes", out, re.M)
+    assert max(len(line) for line in out.splitlines()) <= 120
     assert re.search(r"^numel\s+11,689,512$", out, re.M)
     assert re.search(r"^parameters\s+62$", out, re.M)
 
@@ -114,7 +117,7 @@ def test_inspect_csv(capsys, expected):
     lines = out.splitlines()
     assert len(lines) == 63
     assert lines[0] == CSV_HEADER
-    assert lines[1] == "conv1.weight,64x3x7x7,9408,Conv2d,0,0.001,0,yes,"
+    assert lines[1] == "conv1.weight,64x3x7x7,9408,Conv2d,0,0.001,0.001,0,yes,"
     assert [line.split(",")[0] for line in lines[1:]] == [n for n, _, _ in expected]
 
 
@@ -230,12 +233,31 @@ def test_check_failed_expectations(capsys, tmp_path, expected):
     lines = out.splitlines()
     assert all(line.startswith("violation: ") for line in lines)
     layer1 = [n for n, _, _ in expected if n.startswith("layer1.")]
-    assert len(lines) == len(layer1) + 2 + 1
-    for n in layer1:
-        assert f"violation: {n} is trainable, expected frozen (by 'layer1')" in lines
-    assert "violation: bn1.weight is frozen, expected trainable (by 'bn1')" in lines
-    assert "violation: bn1.bias is frozen, expected trainable (by 'bn1')" in lines
-    assert "violation: expectation 'layer9' selects no parameter" in lines
+    assert lines == [  # one line per module that breaks an expectation, not one per tensor
+        f"violation: layer1 ({len(layer1)} parameters) is trainable, expected frozen (by 'layer1')",
+        "violation: expectation 'layer9' selects no parameter",
+        "violation: bn1 (2 parameters) is frozen, expected trainable (by 'bn1')"]
+
+
+def test_check_names_the_largest_modules_that_break_an_expectation(capsys, tmp_path):
+    (tmp_path / "p.yaml").write_text("rules:\n  - match: [layer1.0, layer1.1.conv1]\n    freeze: true\n")
+    rc, out, _ = run(capsys, "check", "resnet18", "--rules", str(tmp_path / "p.yaml"),
+                     "--expect-frozen", "layer1")
+    assert rc == 1
+    assert out.splitlines() == [
+        "violation: layer1.1.bn1 (2 parameters) is trainable, expected frozen (by 'layer1')",
+        "violation: layer1.1.conv2 (1 parameter) is trainable, expected frozen (by 'layer1')",
+        "violation: layer1.1.bn2 (2 parameters) is trainable, expected frozen (by 'layer1')"]
+
+
+def test_check_at_an_epoch_sees_the_stages(capsys, tmp_path):
+    (tmp_path / "p.yaml").write_text("rules:\n  - match: layer4\n    freeze: true\n"
+                                     "stages:\n  - epoch: 3\n    unfreeze: layer4\n")
+    args = ["check", "resnet18", "--rules", str(tmp_path / "p.yaml"), "--expect-trainable", "layer4"]
+    rc, out, _ = run(capsys, *args, "--at", "2")
+    assert rc == 1 and out.startswith("violation: layer4 (15 parameters) is frozen, expected trainable")
+    rc, out, _ = run(capsys, *args, "--at", "3")
+    assert rc == 0 and out.startswith("ok: 62 parameters")
 
 
 def test_unmatched_rule_check_is_violation_inspect_is_error(capsys, tmp_path):

@@ -232,24 +232,68 @@ def test_plateau_state_survives_resume():
 # -- the seeds' hand-written schedulers, rewritten as plans -------------------------------
 
 
-def gradual_warmup_reference(base_lr, multiplier, total_epoch, epochs, after):
-    """GradualWarmupScheduler(optimizer, multiplier, total_epoch, after_scheduler)."""
-    out = []
-    for e in range(epochs):
-        if e >= total_epoch:
-            out.append(after(base_lr * multiplier, e - total_epoch))
+class GradualWarmupScheduler(L.LRScheduler):
+    """A faithful re-implementation of ildoonet/pytorch-gradual-warmup-lr (v0.3.2) for
+    non-plateau after-schedulers: the same ``get_lr``/``step`` logic, line for line."""
+
+    def __init__(self, optimizer, multiplier, total_epoch, after_scheduler=None):
+        self.multiplier, self.total_epoch = multiplier, total_epoch
+        self.after_scheduler, self.finished = after_scheduler, False
+        super().__init__(optimizer)
+
+    def get_lr(self):
+        if self.last_epoch > self.total_epoch:
+            if self.after_scheduler:
+                if not self.finished:
+                    self.after_scheduler.base_lrs = [b * self.multiplier for b in self.base_lrs]
+                    self.finished = True
+                return self.after_scheduler.get_last_lr()
+            return [b * self.multiplier for b in self.base_lrs]
+        if self.multiplier == 1.0:
+            return [b * (float(self.last_epoch) / self.total_epoch) for b in self.base_lrs]
+        return [b * ((self.multiplier - 1.0) * self.last_epoch / self.total_epoch + 1.0) for b in self.base_lrs]
+
+    def step(self, epoch=None):
+        if self.finished and self.after_scheduler:
+            self.after_scheduler.step(None if epoch is None else epoch - self.total_epoch)
+            self._last_lr = self.after_scheduler.get_last_lr()
         else:
-            out.append(base_lr * ((multiplier - 1.0) * e / total_epoch + 1.0))
+            super().step(epoch)
+
+
+def gradual_warmup_lrs(base_lr, multiplier, total_epoch, epochs, step_size, gamma):
+    """The LR of every epoch under the seeds' convention: ``scheduler.step()`` once per epoch."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base_lr)
+    sched = GradualWarmupScheduler(opt, multiplier, total_epoch, L.StepLR(opt, step_size, gamma))
+    out = []
+    for _ in range(epochs):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
     return out
 
 
 def test_gradual_warmup_scheduler_as_a_plan():
-    # lr 0.01 warmed up to 0.1 over 5 epochs, then StepLR(step_size=3, gamma=0.5) after it
-    expected = gradual_warmup_reference(0.01, 10, 5, 20, lambda lr, e: lr * 0.5 ** (e // 3))
-    # milestones count from the start of training, so the after-scheduler's steps shift by 5
-    shifted = Plan(lr=0.1, schedule=Schedule("multistep", milestones=[8, 11, 14, 17], gamma=0.5,
-                                              warmup=5, warmup_start=0.1))
-    assert [shifted.factor_at(e) * 0.1 for e in range(20)] == pytest.approx(expected, rel=REL)
+    # lr 0 warmed up to 0.01 over 5 epochs, then StepLR(step_size=3, gamma=0.5) after it: the
+    # after-scheduler starts counting one epoch after the warmup ends, so its decays land at
+    # 5 + 1 + 3k (the README's recipe: milestones shifted by the warmup length plus one)
+    expected = gradual_warmup_lrs(0.01, 1, 5, 20, 3, 0.5)
+    plan = Plan(lr=0.01, schedule=Schedule("multistep", milestones=[9, 12, 15, 18], gamma=0.5,
+                                           warmup=5, warmup_start=0.0))
+    assert [plan.factor_at(e) * 0.01 for e in range(20)] == pytest.approx(expected, rel=REL)
+    assert expected[8:10] == pytest.approx([0.01, 0.005])  # the first decay: epoch 9, not 8
+
+
+def test_gradual_warmup_with_a_multiplier_falls_back_after_warmup():
+    # multiplier > 1: the library hands its after-scheduler the LR it had before warming up, so
+    # from epoch total_epoch + 1 on the curve restarts at the base LR. The plan gives the curve
+    # the scheduler means (warm up to 10x, then decay from there); they agree up to the switch.
+    expected = gradual_warmup_lrs(0.01, 10, 5, 20, 3, 0.5)
+    plan = Plan(lr=0.1, schedule=Schedule("multistep", milestones=[9, 12, 15, 18], gamma=0.5,
+                                          warmup=5, warmup_start=0.1))
+    got = [plan.factor_at(e) * 0.1 for e in range(20)]
+    assert got[:6] == pytest.approx(expected[:6], rel=REL)
+    assert got[6:] == pytest.approx([10 * x for x in expected[6:]], rel=REL)
 
 
 def warmup_multifactor_reference(base_lr, factor, warmup_epochs, milestones, warmup_lr, strategy, e):
