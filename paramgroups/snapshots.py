@@ -46,9 +46,10 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
         d = (u - v).abs()
         if wide != torch.int64:
             d.masked_fill_((u == v) | (u.isnan() & v.isnan()), 0)
-        out = max(out, float(d.max()))
-        if math.isnan(out):
-            break
+        worst = float(d.max())
+        if math.isnan(worst):
+            return worst
+        out = max(out, worst)
     return out
 
 
