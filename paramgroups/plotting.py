@@ -189,6 +189,9 @@ def _draw_curves(ax: "Axes", curves: Curves, colors: Sequence[Any], log: bool) -
                     color=colors[i], lw=1.4, label=names[i])
     if log:
         ax.set_yscale("log", nonpositive="mask")
+        peaks = [max(v for v in ys if v is not None) for ys in series if any(v for v in ys)]
+        if peaks:  # two decades under the lowest group's peak: a decay towards 0 cannot squash the rest
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], min(peaks) / 100))
     ax.set_xlim(times[0], times[-1])
     ax.set_ylabel("learning rate")
     ax.grid(True, alpha=0.3)
@@ -296,11 +299,11 @@ def plot_plan(report: Audit, plan: Plan, model: nn.Module | None = None, *,
                                  steps_per_epoch)
         gantt = 1.0 + ROW_INCH * len(names)
         height = max(height, min(MAX_HEIGHT, gantt + CURVES_HEIGHT))
-    fig = _figure(17 if curves else 9, height)
+    fig = _figure(15 if curves else 9, height)
     if curves is None:
         axes = [fig.add_subplot()]
     else:
-        grid = fig.add_gridspec(2, 2, width_ratios=[1, 1.25], height_ratios=[gantt, CURVES_HEIGHT])
+        grid = fig.add_gridspec(2, 2, width_ratios=[1, 1.4], height_ratios=[gantt, CURVES_HEIGHT])
         axes = [fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1])]
         axes.append(fig.add_subplot(grid[1, 1], sharex=axes[1]))
     _draw_rows(axes[0], rows, colors, height)
