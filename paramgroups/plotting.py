@@ -199,8 +199,8 @@ def _draw_curves(ax: "Axes", curves: Curves, colors: Sequence[Any], log: bool) -
 
 def _mark_times(ax: "Axes", plan: Plan, steps_per_epoch: int | None, end: float,
                 spans: bool = True, labels: bool = True) -> None:
-    """Each stage as a labelled dashed line; on LR curves also the schedule's warmup (grey) and
-    each stage's own warmup (orange) as shaded spans."""
+    """Each stage as a dashed line (with ``labels``, named); with ``spans``, the schedule's
+    warmup (grey) and each stage's own warmup (orange) shaded."""
     sch = plan.schedule
     if spans and sch is not None and sch.warmup:
         width = _x(sch.warmup, sch.unit == "step", steps_per_epoch)

@@ -214,9 +214,8 @@ def test_vit_layer_decay_schedule_is_readable(capsys, tmp_path):
     assert (code, err) == (0, "")
     height, width = png(out)
     assert height < 700 and width < 1300  # the key does not run off or blow up the figure
-    p = Plan.from_dict({**{k: v for k, v in __import__("json").loads(plan.read_text()).items()}})
-    fig = plot_schedule(p, build_model("timm:vit_base_patch16_224"), 30)
-    ax, bar = fig.axes
+    fig = plot_schedule(Plan.load(plan), build_model("timm:vit_base_patch16_224"), 30)
+    ax, _colourbar = fig.axes
     assert len(ax.lines) == 28 and ax.get_yscale() == "log" and fig.legends == []
     assert "pos_embed" in gids(ax, "frozen note")[0].get_text()
 
