@@ -32,8 +32,6 @@ SAMPLE = [
     "resnet18", "convnext_atto", "efficientnet_b0", "mobilenetv3_small_050", "mixer_s16_224",
     "densenet121", "regnetx_002",
 ]
-# Every 10th model of the zoo, less those that cannot be built on the meta device.
-UNBUILDABLE = frozenset()
 
 
 def build(name: str) -> torch.nn.Module:
@@ -73,7 +71,7 @@ def test_sample_matches_timm(name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in timm.list_models()[::10] if n not in UNBUILDABLE])
+@pytest.mark.parametrize("name", timm.list_models()[::10])  # all 1371 build on meta (timm 1.0.31)
 def test_zoo_every_tenth_model_matches_timm(name: str) -> None:
     assert_parity(name)
 
