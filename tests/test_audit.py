@@ -44,7 +44,8 @@ def test_json_contract(toy):
     data = json.loads(audit(toy, Plan(lr=0.1)).to_json())
     assert set(data) >= {"model", "optimizer", "parameters", "groups", "totals"}
     assert all(set(r) == JSON_PARAM_KEYS for r in data["parameters"])
-    assert set(data["groups"][0]) == {"index", "name", "params", "numel", "lr", "weight_decay", "options"}
+    assert set(data["groups"][0]) == {"index", "name", "params", "numel", "base_lr", "lr", "weight_decay",
+                                      "options"}
     assert set(data["totals"]) == {"params", "numel", "trainable", "frozen", "optimizer_state_bytes"}
 
 
@@ -125,7 +126,8 @@ def test_renderers(toy):
     assert "head.weight" in table and "10x4" in table and "parameters" in table
     assert "19" in table.split("parameters")[-1].splitlines()[0]
     rows = list(csv.reader(io.StringIO(a.to_csv())))
-    assert rows[0] == ["name", "shape", "numel", "module", "group", "lr", "weight_decay", "trainable", "rules"]
+    assert rows[0] == ["name", "shape", "numel", "module", "group", "base_lr", "lr", "weight_decay", "trainable",
+                       "rules"]
     assert rows[-1] == ["head.bias", "10", "10", "Linear", "1", "0.5", "0", "yes", "0"]
     md = a.to_markdown()
     assert md.splitlines()[0].startswith("| name") and md.splitlines()[1].startswith("|---")
@@ -163,9 +165,9 @@ def test_collapse_merges_norm_statistics(resnet18_meta):
 
 
 def test_audit_says_which_step_implementation_runs(toy):
-    assert audit(toy, Plan(optimizer="adamw")).implementation == "foreach"
+    assert audit(toy, Plan(optimizer="adamw")).implementation == "fused"
     assert audit(toy, Plan(optimizer="adamw", foreach=False)).implementation == "for-loop"
     assert audit(toy, Plan(optimizer="lbfgs")).implementation == "default"
     assert audit(toy, optimizer=torch.optim.SGD(toy.parameters(), lr=0.1, foreach=False)).implementation == "for-loop"
-    assert "AdamW (foreach)" in audit(toy, Plan(optimizer="adamw")).to_table()
-    assert json.loads(audit(toy, Plan(optimizer="adamw")).to_json())["implementation"] == "foreach"
+    assert "AdamW (fused)" in audit(toy, Plan(optimizer="adamw")).to_table()
+    assert json.loads(audit(toy, Plan(optimizer="adamw")).to_json())["implementation"] == "fused"
