@@ -128,7 +128,7 @@ def test_renderers(toy):
     rows = list(csv.reader(io.StringIO(a.to_csv())))
     assert rows[0] == ["name", "shape", "numel", "module", "group", "base_lr", "lr", "weight_decay", "trainable",
                        "rules"]
-    assert rows[-1] == ["head.bias", "10", "10", "Linear", "1", "0.5", "0", "yes", "0"]
+    assert rows[-1] == ["head.bias", "10", "10", "Linear", "1", "0.5", "0.5", "0", "yes", "0"]
     md = a.to_markdown()
     assert md.splitlines()[0].startswith("| name") and md.splitlines()[1].startswith("|---")
     assert "| head.bias " in md
