@@ -7,9 +7,11 @@ costs no torch import; each command imports the library when it runs.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import click
 
@@ -36,10 +38,12 @@ def _plan(rules: str | None, overrides: dict[str, Any]):
     return Plan.from_dict(data, locations=loc)
 
 
-def _model(spec: str, num_classes: int | None, device: str):
+def _model(spec: str, num_classes: int | None, device: str, config: Sequence[str] = ()):
+    from paramgroups.hf_models import parse_config_overrides
     from paramgroups.models import build_model
 
-    return build_model(spec, num_classes=num_classes, device=device)
+    return build_model(spec, num_classes=num_classes, device=device,
+                       config=parse_config_overrides(config))
 
 
 def _decidable(plan, built, fix: str, freezing_only: bool = False) -> None:
@@ -68,6 +72,9 @@ def _plan_options(f):
                      help="Build the model with this many classes.")(f)
     f = click.option("--device", default="meta", show_default=True,
                      help="Device to build the model on (meta allocates nothing).")(f)
+    f = click.option("--config", "config", multiple=True, metavar="KEY=VALUE",
+                     help="Override a Hugging Face model's config value, read as JSON "
+                     "(num_hidden_layers=2; repeatable).")(f)
     return f
 
 
@@ -108,21 +115,22 @@ def cli(debug: bool) -> None:
               help="Epochs the --plot timeline shows [default: the schedule's total, or a little "
               "past the last stage].")
 def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float | None,
-            optimizer: str | None, num_classes: int | None, device: str, fmt: str,
-            tablefmt: str, only: str | None, match: str | None, depth: int | None,
+            optimizer: str | None, num_classes: int | None, device: str, config: Sequence[str],
+            fmt: str, tablefmt: str, only: str | None, match: str | None, depth: int | None,
             at: float | None, steps_per_epoch: int | None, plot: str | None,
             epochs: int | None) -> None:
     """Audit MODEL: every parameter with its group, lr, weight decay and trainable flag.
 
     MODEL is a torchvision or timm name (resnet18, timm:vit_base_patch16_224,
-    torchvision:resnet50), a factory package.module:function, or a checkpoint file
-    (.pt, .pth, .safetensors).
+    torchvision:resnet50), a factory package.module:function (found in the working folder
+    too), a checkpoint file (.pt, .pth, .safetensors), or a Hugging Face model: hf:TYPE
+    (hf:llama), a save_pretrained folder, its config.json, or a sharded *.index.json.
     """
     from paramgroups.report import audit
 
     _check_tablefmt(tablefmt)
     plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
-    built = _model(model, num_classes, device)
+    built = _model(model, num_classes, device, config)
     _decidable(plan, built, _AUDIT_THE_MODEL)
     _warn(plan, steps_per_epoch)
     report = audit(built, plan, name=model, strict=True, at=at, steps_per_epoch=steps_per_epoch)
@@ -151,7 +159,7 @@ def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float
 @click.option("--steps-per-epoch", type=click.IntRange(min=1), default=None,
               help="Iterations per epoch, for schedules stepped every iteration.")
 def check(model: str, rules: str | None, lr: float | None, weight_decay: float | None,
-          optimizer: str | None, num_classes: int | None, device: str,
+          optimizer: str | None, num_classes: int | None, device: str, config: Sequence[str],
           expect_frozen: Sequence[str], expect_trainable: Sequence[str], at: float | None,
           steps_per_epoch: int | None) -> None:
     """Exit 0 if the plan is clean and every expectation holds, else 1 with one line per
@@ -160,7 +168,7 @@ def check(model: str, rules: str | None, lr: float | None, weight_decay: float |
 
     plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
     expectations = [(p, False) for p in expect_frozen] + [(p, True) for p in expect_trainable]
-    built = _model(model, num_classes, device)
+    built = _model(model, num_classes, device, config)
     _decidable(plan, built, _AUDIT_THE_MODEL)
     report = audit(built, plan, name=model, at=at,
                    steps_per_epoch=steps_per_epoch)
@@ -322,6 +330,30 @@ def _one_line(message: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of raising ``SystemExit``."""
+    with _working_folder_importable():
+        return _main(argv)
+
+
+@contextmanager
+def _working_folder_importable() -> Iterator[None]:
+    """Factories import from the working folder (``mymodels:build`` finds ``./mymodels.py``)
+    as under ``python -m``, which the console script's ``sys.path`` lacks. The folder goes
+    last, so a stray ``yaml.py`` there cannot shadow an installed package."""
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the working folder was deleted
+        cwd = None
+    added = cwd is not None and cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     if debug:  # accepted anywhere on the line, not only before the command

@@ -49,16 +49,28 @@ class CheckpointBatchNorm(CheckpointModule):
 
 
 def build_model(spec: str, *, num_classes: int | None = None,
-                device: str | torch.device = "meta") -> nn.Module:
+                device: str | torch.device = "meta",
+                config: Mapping[str, Any] | None = None) -> nn.Module:
     """Build ``spec``: a torchvision/timm name, ``timm:NAME``, ``torchvision:NAME``,
-    ``package.module:factory`` or a checkpoint file (``.pt``, ``.pth``, ``.safetensors``).
+    ``package.module:factory``, a checkpoint file (``.pt``, ``.pth``, ``.safetensors``), or a
+    Hugging Face model: ``hf:TYPE`` (``hf:llama``), a ``save_pretrained`` folder, its
+    ``config.json``, or a sharded checkpoint's ``*.index.json``. ``config`` overrides values of
+    a Hugging Face model's config (``{"num_hidden_layers": 2}``).
 
     A bare word that is both a known model name and a file or folder in the working directory
     means the model (``mkdir resnet18`` does not shadow it); write ``./resnet18`` for the path.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ModelError(f"model must be a name or a file, got {spec!r}")
-    if _is_path(spec):
+    from . import hf_models
+
+    is_path = _is_path(spec)
+    if spec.startswith(hf_models.HF_PREFIX) or (is_path and hf_models.is_hf_path(spec)):
+        return hf_models.build_hf_model(spec, config=config, num_classes=num_classes, device=device)
+    if config:
+        raise ModelError(f"{spec}: config overrides apply only to Hugging Face models (hf:TYPE, "
+                         f"a save_pretrained folder or its config.json)")
+    if is_path:
         return load_checkpoint_model(spec)
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     prefix, sep, rest = spec.partition(":")
