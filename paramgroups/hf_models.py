@@ -64,8 +64,8 @@ def build_hf_model(spec: str, *, config: Mapping[str, Any] | None = None,
     """Build ``hf:TYPE``, a ``save_pretrained`` folder, a ``config.json`` or a sharded
     checkpoint's index; ``config`` overrides values of the model's config."""
     if num_classes is not None:
-        raise ModelError(f"{spec}: num_classes applies to torchvision and timm models; for a "
-                         f"Hugging Face model override its config instead (num_labels=N)")
+        raise ModelError(f"{spec}: num_classes applies only to torchvision and timm models; a "
+                         f"Hugging Face model's sizes come from its config (override values there)")
     overrides = dict(config or {})
     if spec.startswith(HF_PREFIX):
         model_type = spec[len(HF_PREFIX):]
