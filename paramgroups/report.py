@@ -132,14 +132,16 @@ def _fit(rows: list[list[str]], headers: list[str], tablefmt: str, widths: list[
     from tabulate import tabulate
 
     widths = list(widths)
-    while True:
-        text = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True,
-                        maxcolwidths=widths)
-        over = max(map(len, text.splitlines()), default=0) - limit
-        now = max((len(line) for row in rows for line in str(row[wrap]).splitlines()), default=0)
-        if over <= 0 or now <= 16:
-            return text
-        widths[wrap] = max(16, now - over)
+    text = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True, maxcolwidths=widths)
+    over = max(map(len, text.splitlines()), default=0) - limit
+    if over <= 0 or not rows:
+        return text
+    longest = max(len(line) for row in rows for line in str(row[wrap]).splitlines())
+    narrower = max(16, min(longest, widths[wrap] or longest) - over)
+    if narrower >= (widths[wrap] or longest):
+        return text
+    widths[wrap] = narrower  # one more pass: the other columns do not change width
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True, maxcolwidths=widths)
 
 
 def percent(part: int, whole: int) -> str:
