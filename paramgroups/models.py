@@ -320,11 +320,11 @@ def _refuse_text(path: Path) -> None:
     except OSError:
         return  # torch.load reports it
     text_suffix = path.suffix.lower() in (".json", ".yaml", ".yml", ".toml")
-    if not text_suffix and not head.lstrip()[:1] in (b"{", b"["):
+    if not text_suffix and head.lstrip()[:1] not in (b"{", b"["):
         return
-    if b'"weight_map"' in head:
-        raise ModelError(f"{path}: not a checkpoint but the index of a sharded checkpoint: pass "
-                         f"the model (its name, or a package.module:factory that builds it)")
+    if b'"weight_map"' in head:  # inspect builds the model from it; diff needs tensors
+        raise ModelError(f"{path}: not a checkpoint but the index of a sharded checkpoint: compare "
+                         f"its shard files (the .safetensors it lists) one by one")
     raise ModelError(f"{path}: not a checkpoint but a text file (a model config or a plan?): a "
                      f"plan goes to --rules; for a model config pass a package.module:factory "
                      f"that builds the model from it")
