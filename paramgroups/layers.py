@@ -14,6 +14,7 @@ Ids come from one of three sources:
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -113,7 +114,18 @@ def layer_ids(model: nn.Module, records: list[ParamRecord],
 
 
 def layer_scales(ids: list[int], decay: float) -> list[float]:
-    """``decay ** (max_id - id)`` per id, computed as timm does."""
+    """``decay ** (max_id - id)`` per id, computed as timm does.
+
+    timm takes any decay; one whose scales leave float range on this model (the first
+    layer's ``decay ** max_id`` overflows, or underflows to 0 from a decay above 0) would
+    give it an infinite or vanished LR, so it is an error naming ``layer_decay``.
+    """
     top = max(ids)
-    scales = [decay ** (top - i) for i in range(top + 1)]
+    try:
+        scales = [float(decay) ** (top - i) for i in range(top + 1)]
+    except OverflowError:
+        scales = [math.inf]
+    if not math.isfinite(scales[0]) or (decay > 0 and scales[0] == 0):
+        raise PlanError(f"layer_decay {decay:g} over {top + 1} layers gives the first layer a scale "
+                        f"of {decay:g}**{top}, beyond float range: use a decay closer to 1")
     return [scales[i] for i in ids]

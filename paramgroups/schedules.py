@@ -14,7 +14,7 @@ import bisect
 import difflib
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import PlanError
 from .values import describe, is_finite_number
@@ -39,18 +39,48 @@ def warmup_factor(shape: str, start: float, t: float, length: float) -> float:
         return start + (1.0 - start) * p
     if shape == "constant":
         return start
-    if shape == "exponential":
-        return start * (1.0 / start) ** p
+    if shape == "exponential":  # start * (1 / start) ** p, without overflowing 1 / start
+        return start ** (1.0 - p)
     return start + (1.0 - start) * (1.0 - math.cos(math.pi * p)) / 2.0  # cosine
 
 
 def cosine_restart_position(t: float, period: float, mult: float) -> tuple[float, float]:
-    """Position inside the current cycle and its length (torch's CosineAnnealingWarmRestarts)."""
-    length = period
-    while t >= length:
-        t -= length
-        length *= mult
-    return t, length
+    """Position inside the current cycle and its length (torch's CosineAnnealingWarmRestarts).
+
+    Closed form, so one step costs the same at any ``t``: cycle ``n`` starts at
+    ``period * (mult**n - 1) / (mult - 1)`` (``n * period`` when ``mult`` is 1).
+    """
+    t, period, mult = float(t), float(period), float(mult)
+    if t < period:
+        return t, period
+    if mult == 1:
+        if t / period >= 2 ** 52:  # more cycles than a float counts one by one
+            return math.fmod(t, period), period
+        n = int(t / period)
+    else:
+        r = t / period * (mult - 1)
+        logs = math.log1p(r) if math.isfinite(r) else math.log(t) - math.log(period) + math.log(mult - 1)
+        n = int(logs / math.log1p(mult - 1))
+    for _ in range(4):  # rounding can put the estimate a cycle or two off
+        if n > 0 and _cycle_start(n, period, mult) > t:
+            n -= 1
+        elif _cycle_start(n + 1, period, mult) <= t:
+            n += 1
+        else:
+            break
+    # at the float range's edges the start can overflow: clamp, the factor stays in [floor, 1]
+    return max(t - _cycle_start(n, period, mult), 0.0), period * _power(mult, n)
+
+
+def _power(base: float, n: int) -> float:
+    try:
+        return base ** n
+    except OverflowError:
+        return math.inf
+
+
+def _cycle_start(n: int, period: float, mult: float) -> float:
+    return n * period if mult == 1 else period * (_power(mult, n) - 1) / (mult - 1)
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,7 @@ class Schedule:
         if self.restarts is not None:
             self._check_restarts()
         self._check_combination()
+        self._check_range()
 
     def _check_restarts(self) -> None:
         r = self.restarts
@@ -162,6 +193,21 @@ class Schedule:
             raise PlanError("schedule: an exponential warmup needs a start above 0 "
                             "(set warmup_start or warmup_lr)")
 
+    def _check_range(self) -> None:
+        """Values that would make some step's factor infinite, NaN or rising without end."""
+        if self.gamma > 1:
+            raise PlanError(f"schedule: gamma is the factor each decay multiplies the LR by, in "
+                            f"[0, 1]; got {self.gamma:g}, which would grow the LR without bound")
+        for name in ("div_factor", "final_div_factor"):
+            if getattr(self, name) <= 0:
+                raise PlanError(f"schedule: {name} divides the LR: it must be > 0, got {getattr(self, name):g}")
+        if self.main == "onecycle":
+            start = self.max_factor / self.div_factor
+            if not math.isfinite(start) or not math.isfinite(start / self.final_div_factor):
+                raise PlanError(f"schedule: onecycle's LR factors (max_factor {self.max_factor:g} / "
+                                f"div_factor {self.div_factor:g} / final_div_factor "
+                                f"{self.final_div_factor:g}) leave float range: raise the divisors")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | str) -> "Schedule":
         """Build from a plan file's ``schedule:`` section (or just the main's name)."""
@@ -191,6 +237,32 @@ class Schedule:
         return out
 
     # -- evaluation --------------------------------------------------------------------------
+
+    def check_base_lr(self, base_lr: float) -> None:
+        """The schedule fits a plan whose lr is ``base_lr``: every LR it gives is finite and >= 0.
+
+        ``warmup_lr`` and ``min_lr`` are relative to ``base_lr``; a ``min_lr`` above it would
+        make a decay rise.
+        """
+        relative = [n for n in ("warmup_lr", "min_lr") if getattr(self, n) is not None]
+        if relative and base_lr <= 0:
+            raise PlanError(f"schedule: {' and '.join(relative)} {'is' if len(relative) == 1 else 'are'} "
+                            "relative to the plan's lr, "
+                            "which is 0: set lr above 0, or use warmup_start / min_factor")
+        if self.min_lr is not None and self.min_lr > base_lr:
+            raise PlanError(f"schedule: min_lr ({self.min_lr:g}) is above the plan's lr "
+                            f"({base_lr:g}): the schedule would rise towards it; use min_lr <= lr")
+        peak = self.peak_factor(base_lr)
+        if not math.isfinite(peak) or not math.isfinite(base_lr * peak):
+            raise PlanError(f"schedule: the LR would reach lr {base_lr:g} x {peak:g} (warmup_lr / "
+                            "lr, or onecycle's max_factor / div_factor), beyond float range")
+
+    def peak_factor(self, base_lr: float) -> float:
+        """The largest factor of any step: every factor lies in ``[0, peak_factor]``."""
+        if self.main == "onecycle":
+            start = self.max_factor / self.div_factor
+            return max(start, self.max_factor, start / self.final_div_factor)
+        return max(1.0, self.start_factor(base_lr)) if self.warmup else 1.0
 
     def start_factor(self, base_lr: float) -> float:
         """The warmup's first factor: ``warmup_start``, or ``warmup_lr`` relative to the base LR."""
@@ -276,3 +348,18 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _check_number(name: str, value: Any) -> None:
     if not is_finite_number(value) or value < 0:
         raise PlanError(f"schedule: {name} must be a finite number >= 0, got {describe(value)}")
+
+
+def check_group_lrs(schedule: Schedule, base_lr: float,
+                    groups: Sequence[tuple[str, float, Sequence[float]]]) -> None:
+    """Every group's LR stays finite at the schedule's peak.
+
+    ``groups`` holds (name, LR, ``lr_mult`` of each stage that thaws it); a group's LR at
+    any step is at most its LR x the schedule's peak factor x the largest of those.
+    """
+    peak = schedule.peak_factor(base_lr)
+    for name, lr, mults in groups:
+        mult = max([1.0, *mults])
+        if not math.isfinite(float(lr) * mult * peak):
+            raise PlanError(f"group {name!r}: its lr {float(lr):g} x stage lr_mult {mult:g} x the "
+                            f"schedule's peak factor {peak:g} is beyond float range: lower one of them")
