@@ -288,8 +288,12 @@ def test_list_betas_from_files_become_tuples(toy):
     assert [g["betas"] for g in opt.param_groups] == [(0.9, 0.95), (0.8, 0.9)]
 
 
-def test_cpu_parameters_get_foreach_unless_the_plan_says(toy):
-    assert Plan(optimizer="adamw").optimizer(toy).defaults["foreach"] is True
+def test_cpu_parameters_get_fused_or_foreach_unless_the_plan_says(toy):
+    for name in ("adam", "adamw", "sgd", "adagrad"):  # torch's fused CPU kernels
+        defaults = Plan(optimizer=name, lr=0.1).optimizer(toy).defaults
+        assert (defaults["fused"], defaults["foreach"]) == (True, None)
+    assert Plan(optimizer="rmsprop").optimizer(toy).defaults["foreach"] is True
+    assert Plan(optimizer="adamw", fused=False).optimizer(toy).defaults["fused"] is False
     assert Plan(optimizer="adamw", foreach=False).optimizer(toy).defaults["foreach"] is False
     assert Plan(optimizer="lbfgs").optimizer(toy).defaults.get("foreach") is None
 
