@@ -74,17 +74,18 @@ class Audit:
         layered = any(r.get("layer") is not None for r in self.parameters)
         return COLUMNS + LAYER_COLUMNS if layered else COLUMNS
 
-    def to_table(self, tablefmt: str = "simple") -> str:
-        """Parameters, then groups, then totals and problems, as tabulate tables."""
+    def to_table(self, tablefmt: str = "simple", width: int | None = TABLE_WIDTH) -> str:
+        """Parameters, then groups, then totals and problems, as tabulate tables whose name
+        columns wrap to fit ``width`` characters (``None``: never wrap)."""
         from tabulate import tabulate
 
         cols = self.columns()
         params = [[_rich_cell(r, c) for c in cols] for r in self.parameters]
         group_cols = ("index", "name", "params", "numel", "base_lr", "lr", "weight_decay", "options")
         groups = [[_rich_cell(g, c) for c in group_cols] for g in self.groups]
-        parts = [_fit(params, self._headers(cols), tablefmt, [WIDTHS.get(c) for c in cols], 0),
+        parts = [_fit(params, self._headers(cols), tablefmt, [WIDTHS.get(c) for c in cols], 0, width),
                  _fit(groups, self._headers(("group", *group_cols[1:])), tablefmt,
-                      [WIDTHS.get(c) for c in group_cols], 1),
+                      [WIDTHS.get(c) for c in group_cols], 1, width),
                  tabulate(self.totals_rows(), tablefmt=tablefmt, disable_numparse=True)]
         if self.problems:
             parts.append("\n".join(f"problem: {p}" for p in self.problems))
@@ -126,15 +127,15 @@ def _row_matches(pats: PatternList, row: dict[str, Any]) -> bool:
 
 
 def _fit(rows: list[list[str]], headers: list[str], tablefmt: str, widths: list[int | None],
-         wrap: int, limit: int = TABLE_WIDTH) -> str:
+         wrap: int, limit: int | None) -> str:
     """A tabulate table whose column ``wrap`` (the names) wraps so the table stays within
-    ``limit`` characters, down to 16 characters for that column."""
+    ``limit`` characters, down to 16 characters for that column (``None``: no limit)."""
     from tabulate import tabulate
 
-    widths = list(widths)
+    widths = list(widths) if limit is not None else [None] * len(widths)
     text = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True, maxcolwidths=widths)
-    over = max(map(len, text.splitlines()), default=0) - limit
-    if over <= 0 or not rows:
+    over = max(map(len, text.splitlines()), default=0) - (limit or 0)
+    if limit is None or over <= 0 or not rows:
         return text
     longest = max(len(line) for row in rows for line in str(row[wrap]).splitlines())
     narrower = max(16, min(longest, widths[wrap] or longest) - over)
