@@ -12,8 +12,9 @@ import torch.multiprocessing as mp
 
 import ddp_worker
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="this torch build has no gloo backend for torch.distributed")
+pytestmark = [pytest.mark.slow,  # every test starts two processes
+              pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                 reason="this torch build has no gloo backend for torch.distributed")]
 
 
 def free_port() -> int:

@@ -45,6 +45,7 @@ def _lr(top: str, step: int, spe: int) -> float:
     return LR * f * (0.5 ** k * _ramp(step - k * spe, spe) if k else 1.0)
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_progressive_unfreeze_runs():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, str(PROGRESSIVE), "--epochs", str(EPOCHS), "--batches-per-epoch",

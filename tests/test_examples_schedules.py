@@ -37,6 +37,7 @@ def _step_decay(epoch: int) -> tuple[float, float]:
     return 10 * 0.1 ** (epoch // 2), 5 * 0.1 ** (epoch // 2)
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_step_decay_tables_identical():
     proc = _run(STEP_DECAY, "--epochs", "6")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -86,6 +87,7 @@ def _cifar_lr(epoch: int) -> float:
     return 0.04 * 0.1 ** sum(epoch >= m for m in (10, 15))
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_cifar_warmup_runs():
     proc = _run(CIFAR, "--epochs", "16", "--batches-per-epoch", "1", "--batch-size", "2",
                 "--fake-size", "4")
@@ -126,6 +128,7 @@ def test_cifar_plan_groups_and_schedule():
         scheduler.step()
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_cifar_data_dir_without_cifar(tmp_path):
     proc = _run(CIFAR, "--data", str(tmp_path), "--epochs", "1")
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -167,6 +170,7 @@ def _audit_rows(lines: list[str], header: list[str]) -> dict[str, dict[str, str]
     return rows
 
 
+@pytest.mark.slow  # runs the example script in a subprocess
 def test_vit_layer_decay_runs():
     proc = _run(VIT, "--steps", "2", "--warmup", "1", "--batch-size", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr

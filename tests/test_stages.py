@@ -214,6 +214,7 @@ CASES = [(schedule, "progressive") for schedule in stagenet.SCHEDULES] + [
     ("cosine", "warmup"), ("multistep", "step"), ("constant", "freeze"), ("plateau", "freeze")]
 
 
+@pytest.mark.slow  # trains every case twice and resumes in a subprocess
 def test_resume_in_a_second_process_is_bitwise_for_every_schedule_and_stage_kind(tmp_path):
     """Train, save at a random step, finish in a new process: equal to the uninterrupted run."""
     import random

@@ -58,6 +58,7 @@ def test_tied_alias_conflict_shows_in_the_audit(tied):
     assert (row["aliases"], row["lr"], row["rules"]) == (["head.weight"], 0.3, [0, 1])
 
 
+@pytest.mark.slow
 def test_hundred_thousand_tensors_and_hundred_rules():
     class Big(nn.Module):
         def __init__(self, n):
