@@ -125,6 +125,7 @@ def inspect(model: str, rules: str | None, lr: float | None, weight_decay: float
     torchvision:resnet50), a factory package.module:function (found in the working folder
     too), a checkpoint file (.pt, .pth, .safetensors), or a Hugging Face model: hf:TYPE
     (hf:llama), a save_pretrained folder, its config.json, or a sharded *.index.json.
+    A model name wins over a file or folder of the same name; write ./NAME for the path.
     """
     from paramgroups.report import audit
 
