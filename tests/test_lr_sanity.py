@@ -217,14 +217,14 @@ def test_restarts_equal_torch_every_step_every_group(period, mult):
     for k in range(400):
         assert ours.get_last_lr() == pytest.approx(ref.get_last_lr(), rel=REL, abs=1e-300), k
         opt.step(), ref_opt.step(), ref.step()
-        bounded(ours.step, budget=100)  # a closed form: step 400 costs what step 1 does
+        bounded(ours.step, budget=150)  # a closed form: step 400 costs what step 1 does
 
 
 @pytest.mark.parametrize("period,mult", [(1, 1), (1, 2), (1e-320, 1), (7, 1.5)])
 @pytest.mark.parametrize("step", [10, 10 ** 5, 10 ** 300], ids=["10", "1e5", "1e300"])
 def test_restarts_cost_the_same_at_any_step(period, mult, step):
     s = Schedule("cosine", restarts={"period": period, "mult": mult})
-    f = bounded(lambda: s.factor(step, base_lr=1.0), budget=60)
+    f = bounded(lambda: s.factor(step, base_lr=1.0), budget=120)
     assert 0 <= f <= 1
 
 
