@@ -27,14 +27,14 @@ def test_groups_merge_identical_settings_in_model_order(toy):
     groups = Plan(PLAN, lr=0.05, weight_decay=1e-4).param_groups(toy)
     summary = [(g["name"], g["lr"], g["weight_decay"], names(g["params"], toy)) for g in groups]
     assert summary == [
-        ("lr=0.05 wd=0.0001 frozen", 0.05, 1e-4, ["stem.conv.weight"]),
-        ("lr=0.05 wd=0 frozen", 0.05, 0.0, ["stem.conv.bias", "stem.norm.weight", "stem.norm.bias"]),
-        ("lr=0.01 wd=0.0001", 0.01, 1e-4, [f"layers.{i}.conv.weight" for i in range(3)]),
-        ("lr=0.01 wd=0", 0.01, 0.0, [f"layers.{i}.{n}" for i in range(3)
-                                     for n in ("conv.bias", "norm.weight", "norm.bias")]),
-        ("lr=0.05 wd=0.0001", 0.05, 1e-4, ["emb.weight"]),
-        ("lr=0.1 wd=0.0001", 0.1, 1e-4, ["head.weight"]),
-        ("lr=0.1 wd=0", 0.1, 0.0, ["head.bias"]),
+        ("stem, frozen", 0.05, 1e-4, ["stem.conv.weight"]),
+        ("stem + bias,norm, frozen", 0.05, 0.0, ["stem.conv.bias", "stem.norm.weight", "stem.norm.bias"]),
+        ("layers", 0.01, 1e-4, [f"layers.{i}.conv.weight" for i in range(3)]),
+        ("layers + bias,norm", 0.01, 0.0, [f"layers.{i}.{n}" for i in range(3)
+                                           for n in ("conv.bias", "norm.weight", "norm.bias")]),
+        ("default", 0.05, 1e-4, ["emb.weight"]),
+        ("head", 0.1, 1e-4, ["head.weight"]),
+        ("head + bias,norm", 0.1, 0.0, ["head.bias"]),
     ]
 
 
@@ -46,7 +46,7 @@ def test_group_order_is_deterministic_across_runs(toy):
 
 def test_group_label_separates_and_names_groups(toy):
     groups = Plan([Rule("head", group="classifier"), Rule("emb", group="classifier")], lr=0.1).param_groups(toy)
-    assert [g["name"] for g in groups] == ["lr=0.1 wd=0", "classifier"]
+    assert [g["name"] for g in groups] == ["default", "classifier"]
     assert names(groups[1]["params"], toy) == ["emb.weight", "head.weight", "head.bias"]
 
 
@@ -54,7 +54,7 @@ def test_per_group_options_pass_through(toy):
     plan = Plan([Rule("head", momentum=0.5)], optimizer="sgd", lr=0.1, momentum=0.9)
     opt = plan.optimizer(toy)
     assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.5]
-    assert opt.param_groups[1]["name"] == "lr=0.1 wd=0 momentum=0.5"
+    assert opt.param_groups[1]["name"] == "head"
 
 
 def test_optimizer_applies_freeze_and_frozen_params_get_no_state(toy):
