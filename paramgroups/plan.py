@@ -418,10 +418,13 @@ class Plan:
         """The LR scheduler for ``optimizer`` (built by this plan): a torch ``LRScheduler``.
 
         Call its ``step()`` once per epoch, or once per iteration when ``steps_per_epoch`` is
-        given or the schedule counts steps. A plan without a schedule keeps LRs constant.
+        given or the schedule counts steps. A plan without a schedule keeps LRs constant. An
+        optimizer wrapped by accelerate or Lightning is unwrapped: the scheduler steps the
+        wrapped optimizer, whose ``param_groups`` list the wrapper shares.
         """
         from .scheduler import PlanScheduler
 
+        optimizer = _unwrap(optimizer)
         binding = getattr(optimizer, PLAN_TAG, None)
         if self.stages and (binding is None or binding.plan is not self or binding.model is None):
             raise PlanError("a plan with stages needs the optimizer from plan.optimizer(model) "
@@ -429,6 +432,7 @@ class Plan:
         for message in self.warnings(steps_per_epoch):
             warnings.warn(message, PlanWarning, stacklevel=2)
         with self._in_file():
+            (self.schedule or Schedule()).require_total()
             return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
                                  steps_per_epoch=steps_per_epoch, binding=binding)
 
@@ -482,8 +486,9 @@ class Plan:
         with it; a schedule in steps without ``steps_per_epoch`` reads ``epoch`` as a step.
         """
         schedule = self.schedule or Schedule()
-        return schedule.factor(_step_of(epoch, steps_per_epoch), base_lr=self.base_lr,
-                               steps_per_epoch=steps_per_epoch)
+        step = _step_of(epoch, steps_per_epoch)
+        with self._in_file():  # a total left to a trainer: the error names the plan file
+            return schedule.factor(step, base_lr=self.base_lr, steps_per_epoch=steps_per_epoch)
 
 
 def _step_of(epoch: float, steps_per_epoch: int | None) -> int:
@@ -493,6 +498,18 @@ def _step_of(epoch: float, steps_per_epoch: int | None) -> int:
         raise PlanError(f"the epoch to look at, {epoch:g}, times {steps_per_epoch} steps per epoch "
                         "is beyond float range: look at an earlier epoch")
     return first_step(epoch, steps_per_epoch)
+
+
+def _unwrap(optimizer: Any) -> Any:
+    """The optimizer inside accelerate's (``.optimizer``) or Lightning's (``._optimizer``)
+    wrapper, when the wrapper shares its ``param_groups`` list: stepping one steps both."""
+    for _ in range(8):  # wrappers of wrappers, never a cycle
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is optimizer or (
+                inner.param_groups is not optimizer.param_groups):
+            return optimizer
+        optimizer = inner
+    return optimizer
 
 
 @dataclass

@@ -6,6 +6,9 @@ them step by step with torch's own (recursive) schedulers. Positions are in the 
 unit (epochs or steps); with ``steps_per_epoch`` an epoch-based schedule is evaluated at
 fractional epochs, except that step-wise decays (``step``, ``multistep``) change on the first
 step of their epoch.
+
+``total`` may be left to a trainer when the schedule comes from a plan file (``from_dict``):
+the "needs total" error then comes when an LR is asked for.
 """
 
 from __future__ import annotations
@@ -13,15 +16,17 @@ from __future__ import annotations
 import bisect
 import difflib
 import math
-from dataclasses import dataclass, fields
+from dataclasses import InitVar, dataclass, fields
 from typing import Any, Mapping, Sequence
 
 from .errors import PlanError
 from .values import describe, is_finite_number
 
 MAINS = ("constant", "step", "multistep", "exponential", "cosine", "poly", "linear", "onecycle",
-         "plateau")
-WARMUP_SHAPES = ("linear", "constant", "exponential", "cosine")
+         "plateau", "wsd")
+WARMUP_SHAPES = ("linear", "constant", "exponential", "cosine", "1-sqrt")
+DECAY_SHAPES = ("linear", "cosine", "1-sqrt")  # wsd's decay, as transformers' get_wsd_schedule
+NEEDS_TOTAL = ("cosine", "poly", "linear", "onecycle", "wsd")
 UNITS = ("epoch", "step")
 CONTINUOUS = ("exponential", "cosine", "poly", "linear")
 
@@ -41,6 +46,8 @@ def warmup_factor(shape: str, start: float, t: float, length: float) -> float:
         return start
     if shape == "exponential":  # start * (1 / start) ** p, without overflowing 1 / start
         return start ** (1.0 - p)
+    if shape == "1-sqrt":  # transformers' get_wsd_schedule(warmup_type="1-sqrt")
+        return start + (1.0 - start) * (1.0 - math.sqrt(1.0 - p))
     return start + (1.0 - start) * (1.0 - math.cos(math.pi * p)) / 2.0  # cosine
 
 
@@ -90,6 +97,9 @@ class Schedule:
     Lengths (``total``, ``warmup``, ``step_size``, ``milestones``, ``restarts.period``) are in
     ``unit``. ``warmup_start`` is a factor of each group's LR; ``warmup_lr`` and ``min_lr``
     are absolute values for the plan's base LR, turned into factors so group ratios hold.
+    ``wsd`` holds 1 after the warmup, then falls to the floor over its last ``decay`` with
+    ``decay_shape``. ``total_later=True`` (what ``from_dict`` passes) lets a main that needs
+    ``total`` leave it unset until an LR is asked for (a trainer helper fills it in).
     """
 
     main: str = "constant"
@@ -119,18 +129,22 @@ class Schedule:
     threshold: float = 1e-4
     threshold_mode: str = "rel"
     cooldown: int = 0
+    decay: float | None = None
+    decay_shape: str = "cosine"
+    total_later: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, total_later: bool) -> None:
         _check_choice("main", self.main, MAINS)
         _check_choice("unit", self.unit, UNITS)
         _check_choice("warmup_shape", self.warmup_shape, WARMUP_SHAPES)
+        _check_choice("decay_shape", self.decay_shape, DECAY_SHAPES)
         _check_choice("anneal", self.anneal, ("cos", "linear"))
         _check_choice("mode", self.mode, ("min", "max"))
         _check_choice("threshold_mode", self.threshold_mode, ("rel", "abs"))
         for name in ("warmup", "gamma", "min_factor", "power", "max_factor", "div_factor",
                      "final_div_factor", "threshold", "base_momentum", "max_momentum", "pct_start"):
             _check_number(name, getattr(self, name))
-        for name in ("total", "step_size", "warmup_start", "warmup_lr", "min_lr"):
+        for name in ("total", "step_size", "warmup_start", "warmup_lr", "min_lr", "decay"):
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name))
         for name in ("patience", "cooldown"):
@@ -150,6 +164,8 @@ class Schedule:
         if self.restarts is not None:
             self._check_restarts()
         self._check_combination()
+        if not total_later:
+            self.require_total()
         self._check_range()
 
     def _check_restarts(self) -> None:
@@ -165,14 +181,16 @@ class Schedule:
         object.__setattr__(self, "restarts", {"period": r["period"], "mult": r.get("mult", 1)})
 
     def _check_combination(self) -> None:
-        needs = {"step": "step_size", "multistep": "milestones"}
+        needs = {"step": "step_size", "multistep": "milestones", "wsd": "decay"}
         if self.main in needs and getattr(self, needs[self.main]) is None:
             raise PlanError(f"schedule: main {self.main} needs {needs[self.main]}")
         if self.main == "step" and self.step_size <= 0:
             raise PlanError("schedule: step_size must be > 0")
-        if self.main in ("cosine", "poly", "linear", "onecycle") and self.total is None and not (
-                self.main == "cosine" and self.restarts):
-            raise PlanError(f"schedule: main {self.main} needs total (the schedule's length)")
+        if self.main != "wsd" and (self.decay is not None or self.decay_shape != "cosine"):
+            raise PlanError("schedule: decay and decay_shape only apply to main: wsd")
+        if self.main == "wsd" and self.total is not None and self.warmup + self.decay > self.total:
+            raise PlanError(f"schedule: wsd's warmup ({self.warmup:g}) and decay ({self.decay:g}) "
+                            f"must fit in total ({self.total:g})")
         if self.total is not None and self.main in CONTINUOUS + ("onecycle",) and not self.restarts:
             if self.total <= self.warmup:
                 raise PlanError(f"schedule: total ({self.total:g}) must be longer than warmup ({self.warmup:g})")
@@ -193,6 +211,11 @@ class Schedule:
             raise PlanError("schedule: an exponential warmup needs a start above 0 "
                             "(set warmup_start or warmup_lr)")
 
+    def require_total(self) -> None:
+        """Raise unless the schedule has the ``total`` its main needs."""
+        if self.main in NEEDS_TOTAL and self.total is None and not (self.main == "cosine" and self.restarts):
+            raise PlanError(f"schedule: main {self.main} needs total (the schedule's length)")
+
     def _check_range(self) -> None:
         """Values that would make some step's factor infinite, NaN or rising without end."""
         if self.gamma > 1:
@@ -212,7 +235,7 @@ class Schedule:
     def from_dict(cls, data: Mapping[str, Any] | str) -> "Schedule":
         """Build from a plan file's ``schedule:`` section (or just the main's name)."""
         if isinstance(data, str):
-            return cls(data)
+            return cls(data, total_later=True)
         if not isinstance(data, Mapping):
             raise PlanError(f"schedule must be a mapping or a name, got {type(data).__name__}")
         names = [f.name for f in fields(cls)]
@@ -222,7 +245,7 @@ class Schedule:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise PlanError(f"schedule: unknown field {key!r}{hint}")
         try:
-            return cls(**data)
+            return cls(**data, total_later=True)
         except TypeError as exc:  # pragma: no cover - keys were checked above
             raise PlanError(f"schedule: {exc}") from None
 
@@ -277,6 +300,7 @@ class Schedule:
     def factor(self, step: int, *, base_lr: float, steps_per_epoch: int | None = None,
                plateau_level: int = 0) -> float:
         """The LR factor after ``step`` calls of ``scheduler.step()`` (0 = initial LR)."""
+        self.require_total()
         spe = steps_per_epoch if self.unit == "epoch" and steps_per_epoch else 1
         t = step / spe if spe != 1 else step
         if self.main == "onecycle":
@@ -296,7 +320,26 @@ class Schedule:
             f *= max(self.gamma ** plateau_level, self.floor_factor(base_lr))
         elif self.main in CONTINUOUS:
             f *= self._continuous(max(t - self.warmup, 0), base_lr)
+        elif self.main == "wsd":
+            f *= self._wsd_decay(t, base_lr)
         return f
+
+    def _wsd_decay(self, t: float, base_lr: float) -> float:
+        """wsd after its warmup: 1, then ``decay_shape`` down to the floor over the last ``decay``."""
+        floor = self.floor_factor(base_lr)
+        start = self.total - self.decay
+        if t < start:
+            return 1.0
+        if t >= self.total:
+            return floor
+        p = (t - start) / self.decay
+        if self.decay_shape == "linear":
+            shape = 1.0 - p
+        elif self.decay_shape == "cosine":
+            shape = 0.5 * (1.0 + math.cos(math.pi * p))
+        else:  # 1-sqrt
+            shape = 1.0 - math.sqrt(p)
+        return floor + (1.0 - floor) * shape
 
     def _continuous(self, t: float, base_lr: float) -> float:
         floor = self.floor_factor(base_lr)
@@ -332,6 +375,7 @@ class Schedule:
         """The cycled momentum (or beta1) at ``step`` for onecycle, else None."""
         if self.main != "onecycle" or not self.cycle_momentum:
             return None
+        self.require_total()
         spe = steps_per_epoch if self.unit == "epoch" and steps_per_epoch else 1
         phase, pct = self._onecycle_phase(step, spe)
         ends = (self.max_momentum, self.base_momentum, self.max_momentum)
