@@ -207,22 +207,17 @@ def no_decay_matcher(model: nn.Module) -> Callable[[str], bool]:
 
 def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, name: str,
            no_decay: Callable[[str], bool]) -> frozenset[str]:
-    kinds = set()
-    if leaf.endswith("bias"):
-        kinds.add("bias")
-    elif leaf.endswith("weight"):
-        kinds.add("weight")
-    if is_norm(module):
-        kinds.add("norm")
-    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) or no_decay(name):
-        kinds.add("embedding")
-    if param.ndim <= 1:
-        kinds.add("ndim<=1")
-    return frozenset(kinds)
+    end = "bias" if leaf.endswith("bias") else "weight" if leaf.endswith("weight") else ""
+    cls = type(module)
+    return _kind_set(end, _is_norm_class(cls), issubclass(cls, (nn.Embedding, nn.EmbeddingBag)) or no_decay(name),
+                     param.ndim <= 1)
 
 
-def _mro_names(module: nn.Module) -> tuple[str, ...]:
-    return _class_names(type(module))
+@lru_cache(maxsize=None)
+def _kind_set(end: str, norm: bool, embedding: bool, small: bool) -> frozenset[str]:
+    """One shared frozenset per combination: records of a big model hold a handful of sets."""
+    flags = ((end, bool(end)), ("norm", norm), ("embedding", embedding), ("ndim<=1", small))
+    return frozenset(kind for kind, on in flags if on)
 
 
 @lru_cache(maxsize=None)
@@ -245,32 +240,43 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     if not isinstance(model, nn.Module):
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     no_decay = no_decay_matcher(unwrap(model))
-    wrapped = wrapped_children(model)
-    modules = dict(model.named_modules(remove_duplicate=False))
+    types = _wrapper_types()
+    wrapped: set[str] = set()
     records: list[ParamRecord] = []
     by_id: dict[int, ParamRecord] = {}
-    for raw, param in model.named_parameters(remove_duplicate=False):
-        if type(param).__name__ == "FlatParameter" or raw.rpartition(".")[2] == "_flat_param":
-            raise ModelError(
-                f"{raw} is a FlatParameter: FSDP without use_orig_params=True flattens each wrapped "
-                f"module's parameters into one tensor, so per-parameter groups are impossible. Wrap "
-                f"with FullyShardedDataParallel(..., use_orig_params=True), or use FSDP2 (fully_shard)")
-        name = strip_wrappers(raw, wrapped)
-        rec = by_id.get(id(param))
-        if rec is not None:
-            if name != rec.name and name not in rec.aliases:
-                rec.aliases.append(name)
+    # one walk, as torch's named_parameters(remove_duplicate=False) walks: modules in
+    # named_modules order, each module's own parameters in registration order
+    for owner_raw, owner in model.named_modules(remove_duplicate=False):
+        attr = _wrapped(owner, types)
+        if attr is not None:
+            wrapped.add(f"{owner_raw}.{attr}" if owner_raw else attr)
+        if not owner._parameters:
             continue
-        owner_raw, _, leaf = raw.rpartition(".")
-        owner = modules[owner_raw]
-        rec = ParamRecord(
-            index=len(records), name=name, aliases=[], module=strip_wrappers(owner_raw, wrapped),
-            module_class=type(owner).__name__, module_classes=_mro_names(owner),
-            kinds=_kinds(leaf, owner, param, name, no_decay), shape=tuple(param.shape),
-            numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,
-        )
-        by_id[id(param)] = rec
-        records.append(rec)
+        module = strip_wrappers(owner_raw, frozenset(wrapped)) if wrapped else owner_raw
+        cls = type(owner)
+        for leaf, param in owner._parameters.items():
+            if param is None:
+                continue
+            raw = f"{owner_raw}.{leaf}" if owner_raw else leaf
+            if leaf == "_flat_param" or type(param).__name__ == "FlatParameter":
+                raise ModelError(
+                    f"{raw} is a FlatParameter: FSDP without use_orig_params=True flattens each wrapped "
+                    f"module's parameters into one tensor, so per-parameter groups are impossible. Wrap "
+                    f"with FullyShardedDataParallel(..., use_orig_params=True), or use FSDP2 (fully_shard)")
+            name = f"{module}.{leaf}" if module else leaf
+            rec = by_id.get(id(param))
+            if rec is not None:
+                if name != rec.name and name not in rec.aliases:
+                    rec.aliases.append(name)
+                continue
+            rec = ParamRecord(
+                index=len(records), name=name, aliases=[], module=module,
+                module_class=cls.__name__, module_classes=_class_names(cls),
+                kinds=_kinds(leaf, owner, param, name, no_decay), shape=tuple(param.shape),
+                numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,
+            )
+            by_id[id(param)] = rec
+            records.append(rec)
     if not records:
         raise ModelError(f"the model ({type(model).__name__}) has no parameters")
     return records
