@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Iterable, Sequence
 
 import bracex
@@ -27,6 +28,13 @@ _GLOB_CHARS = set("*?[]{}()!@+|")
 _MAX_EXPANSION = 10_000
 _SLASH = "\ue000"  # stands in for a ``/`` that is part of a name, not a separator
 _TO_PATH = str.maketrans({"/": _SLASH, ".": "/"})
+# ``{a..b}`` / ``{a..b..step}`` with plain integer ends (no zero padding): a number check, one
+# regex for the whole range instead of one alternative per number; a negative end counts from
+# the end of its level (``layers.{-4..-1}``), so the range is resolved against each model
+_RANGE = re.compile(r"(?<!\\)\{(-?(?:0|[1-9][0-9]*))\.\.(-?(?:0|[1-9][0-9]*))(?:\.\.([1-9][0-9]*))?\}")
+_PLACEHOLDER = 0xE100  # private-use characters stand in for ranges while braces expand
+_INDEX = re.compile(r"0|[1-9][0-9]*")
+_GLOB_ESCAPE = re.compile(r"([*?\[\]{}()!@+|\\])")
 
 
 def to_path(name: str) -> str:
@@ -48,6 +56,17 @@ class NameIndex:
 
     def __contains__(self, name: str) -> bool:
         return name in self._known
+
+    @cached_property
+    def levels(self) -> dict[str, int]:
+        """Each name that has numbered children (``model.layers``; ``""`` for the root) and
+        their count, the largest index + 1: what a range counting from the end counts in."""
+        out: dict[str, int] = {}
+        for name in self.names:
+            parent, _, last = name.rpartition(".")
+            if _INDEX.fullmatch(last):
+                out[parent] = max(out.get(parent, 0), int(last) + 1)
+        return out
 
     def with_prefix(self, prefix: str) -> list[str]:
         if not prefix:
@@ -86,11 +105,82 @@ def _longest_literal(glob: str) -> str:
     return max((r.strip(".") for r in runs), key=len)
 
 
-def _simple_regex(glob: str) -> re.Pattern[str] | None:
+def _range_regex(lo: int, hi: int) -> str:
+    """A regex for the integers ``lo..hi`` (both >= 0) written without leading zeros."""
+    lo, hi = min(lo, hi), max(lo, hi)
+    parts = []
+    for digits in range(len(str(lo)), len(str(hi)) + 1):
+        first = max(lo, 10 ** (digits - 1) if digits > 1 else 0)
+        parts += _same_length(str(first), str(min(hi, 10 ** digits - 1)))
+    return f"(?:{'|'.join(parts)})"
+
+
+def _same_length(a: str, b: str) -> list[str]:
+    """Regex alternatives for the digit strings from ``a`` to ``b`` (same length, a <= b)."""
+    if not a:
+        return [""]
+    if a[0] == b[0]:
+        return [a[0] + r for r in _same_length(a[1:], b[1:])]
+    rest = len(a) - 1
+    if a[1:] == "0" * rest and b[1:] == "9" * rest:
+        return [f"[{a[0]}-{b[0]}]" + "[0-9]" * rest]
+    out = [a[0] + r for r in _same_length(a[1:], "9" * rest)]
+    if int(b[0]) - int(a[0]) > 1:
+        out.append(f"[{int(a[0]) + 1}-{int(b[0]) - 1}]" + "[0-9]" * rest)
+    return out + [b[0] + r for r in _same_length("0" * rest, b[1:])]
+
+
+def _counted(match: re.Match[str]) -> bool:
+    """Whether a ``_RANGE`` match counts from the end (a negative end)."""
+    return match.group(1).startswith("-") or match.group(2).startswith("-")
+
+
+def _from_end(text: str, index: NameIndex) -> list[str]:
+    """``text`` (one brace alternative) with its first range that counts from the end
+    resolved against ``index``: one pattern per level its prefix selects, with plain indices
+    (``model.layers.{-2..-1}`` -> ``model.layers.{10..11}`` on a 12-layer model)."""
+    m = next(m for m in _RANGE.finditer(text) if _counted(m))
+    prefix, rest = text[:m.start()].removesuffix("."), text[m.end():]
+    a, b, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+    levels = index.levels
+    parents = [""] if not prefix else [p for p in levels if p and _compiled(prefix).matches(p, to_path(p))]
+    out = []
+    for parent in parents:
+        size = levels.get(parent, 0)
+        first, last = a + size if a < 0 else a, b + size if b < 0 else b
+        sign = 1 if first <= last else -1
+        numbers = range(first, last + sign, sign * step)  # as bracex expands it; keep 0..size-1
+        if sign > 0:
+            start, stop = max(0, -(first // step)), (size - 1 - first) // step + 1
+        else:
+            start, stop = max(0, -((size - 1 - first) // step)), first // step + 1
+        members = list(numbers[start:max(start, stop)])
+        if not members:
+            continue
+        lo, hi = min(members), max(members)
+        number = str(lo) if lo == hi else (f"{{{lo}..{hi}}}" if len(members) == hi - lo + 1
+                                            else "{" + ",".join(map(str, members)) + "}")
+        out.append(f"{_escaped(parent)}.{number}{rest}" if parent else number + rest)
+    return out
+
+
+def _escaped(name: str) -> str:
+    """``name`` as a pattern that matches only it: glob characters behind a backslash."""
+    return _GLOB_ESCAPE.sub(r"\\\1", name)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(text: str) -> Pattern:
+    return compile_pattern(text)
+
+
+def _simple_regex(glob: str, ranges: dict[str, str] | None = None) -> re.Pattern[str] | None:
     """A brace-free glob of literals, ``*`` and whole-segment ``**`` as a regex over
     ``name + "."`` (each segment carries its dot), or None for anything else. It selects what
     wcmatch's translation selects on dotted names, several times faster (no look-arounds).
+    ``ranges`` maps the characters that stand in for numeric ranges to their regexes.
     """
+    ranges = ranges or {}
     segments = glob.split(".")
     if not all(_SIMPLE_SEGMENT.fullmatch(seg) and (seg == "**" or "**" not in seg) for seg in segments):
         return None
@@ -101,7 +191,7 @@ def _simple_regex(glob: str) -> re.Pattern[str] | None:
         elif not seg:
             return None
         else:
-            out.append("".join("[^.]*" if ch == "*" else re.escape(ch) for ch in seg) + r"\.")
+            out.append("".join("[^.]*" if ch == "*" else ranges.get(ch) or re.escape(ch) for ch in seg) + r"\.")
     return re.compile("".join(out))
 
 
@@ -144,9 +234,11 @@ class Pattern:
     literal: str | None  # set when the pattern has no wildcard: matched by equality
     alternatives: tuple[_Alternative, ...] = ()
     everything: bool = False  # ``**``: every name
+    relative: tuple[str, ...] = ()  # alternatives with a range counting from the end (per model)
 
     def matches(self, name: str, path: str) -> bool:
-        """Whether the dotted ``name`` (whose ``/`` form is ``path``) matches."""
+        """Whether the dotted ``name`` (whose ``/`` form is ``path``) matches; alternatives that
+        count from the end need the other names (:meth:`select`) and are not tried here."""
         if not self.is_regex and name == self.text:
             return True
         if self.literal is not None:
@@ -166,6 +258,9 @@ class Pattern:
         for alt in self.alternatives:
             if not alt.covered:
                 out.extend(alt.candidates(index, self.text))
+        for alt_text in self.relative:
+            for concrete in _from_end(alt_text, index):
+                out.extend(_compiled(concrete).select(index))
         return out
 
 
@@ -182,31 +277,66 @@ def compile_pattern(text: str) -> Pattern:
         raise PatternError(f"invalid pattern {text!r}: empty or surrounded by spaces")
     if not _GLOB_CHARS & set(text):
         return Pattern(text, re.compile(re.escape(text)), False, text)
+    ranges: dict[str, re.Match[str]] = {}  # stand-in character -> its numeric range
+
+    def stand_in(m: re.Match[str]) -> str:
+        if m.group(3) and not _counted(m):  # a stepped range: bracex expands it
+            return m.group(0)
+        ranges[chr(_PLACEHOLDER + len(ranges))] = m
+        return chr(_PLACEHOLDER + len(ranges) - 1)
+
     try:
-        expanded = bracex.expand(text, keep_escapes=True, limit=_MAX_EXPANSION)
+        expanded = bracex.expand(_RANGE.sub(stand_in, text), keep_escapes=True, limit=_MAX_EXPANSION)
     except Exception as exc:  # bracex raises a bare ValueError/RuntimeError subclass
         raise PatternError(f"invalid pattern {text!r}: {exc}") from None
-    alternatives = []
+    numbers = {ch: _range_regex(int(m.group(1)), int(m.group(2))) for ch, m in ranges.items() if not _counted(m)}
+    alternatives, relative = [], []
     try:
         # ``a.**`` is zero or more segments after ``a``: ``a`` itself too
         expanded = [x for alt in expanded for x in ((alt[:-3], alt) if alt.endswith(".**") else (alt,))]
         unique = dict.fromkeys(expanded)
         for alt in unique:
+            if any(ch in alt and ch not in numbers for ch in ranges):
+                relative.append(_counting_alternative(text, alt, ranges))
+                continue
             include, _ = wcglob.translate(to_path(alt), flags=_FLAGS)
-            regex = re.compile("|".join(f"(?:{r})" for r in include))
-            # the separator next to a ``**`` is optional (``**.fc`` matches ``fc``): filter without it
-            prefix = _LITERAL_EDGE.match(alt).group(0).rstrip(".")
-            suffix = _LITERAL_EDGE.match(alt[::-1]).group(0)[::-1].lstrip(".")
-            last = alt.rpartition(".")[2]
+            regex = re.compile("|".join(f"(?:{_with_numbers(r, numbers)})" for r in include))
+            # literal filters treat a range as ``*``; the separator next to a ``**`` is
+            # optional (``**.fc`` matches ``fc``): filter without it
+            starred = _with_numbers(alt, dict.fromkeys(numbers, "*"))
+            prefix = _LITERAL_EDGE.match(starred).group(0).rstrip(".")
+            suffix = _LITERAL_EDGE.match(starred[::-1]).group(0)[::-1].lstrip(".")
+            last = starred.rpartition(".")[2]
             leaf = "" if "**" in last else _LITERAL_EDGE.match(last).group(0)
-            literal = "" if regex.flags & re.IGNORECASE else _longest_literal(alt)
-            simple = None if regex.flags & re.IGNORECASE else _simple_regex(alt)
+            literal = "" if regex.flags & re.IGNORECASE else _longest_literal(starred)
+            simple = None if regex.flags & re.IGNORECASE else _simple_regex(alt, numbers)
             alternatives.append(_Alternative(prefix, suffix, literal, leaf, regex, simple,
                                              alt.endswith(".**") and alt[:-3] in unique))
+    except PatternError:
+        raise
     except Exception as exc:  # wcmatch's own errors for malformed globs
         raise PatternError(f"invalid pattern {text!r}: {exc}") from None
-    joined = re.compile("|".join(f"(?:{a.regex.pattern})" for a in alternatives))
-    return Pattern(text, joined, False, None, tuple(alternatives), everything=text == "**")
+    joined = re.compile("|".join(f"(?:{a.regex.pattern})" for a in alternatives) or "(?!)")
+    return Pattern(text, joined, False, None, tuple(alternatives), everything=text == "**",
+                   relative=tuple(relative))
+
+
+def _with_numbers(text: str, numbers: dict[str, str]) -> str:
+    """``text`` with each stand-in character of a numeric range replaced by its regex."""
+    for ch, regex in numbers.items():
+        text = text.replace(ch, regex)
+    return text
+
+
+def _counting_alternative(text: str, alt: str, ranges: dict[str, re.Match[str]]) -> str:
+    """A brace alternative with a range counting from the end, written out again (resolved per
+    model by :func:`_from_end`); such a range must be a whole segment."""
+    for ch, m in ranges.items():
+        at = alt.find(ch)
+        if at >= 0 and _counted(m) and not (alt[at - 1:at] in ("", ".") and alt[at + 1:at + 2] in ("", ".")):
+            raise PatternError(f"invalid pattern {text!r}: a range counting from the end "
+                               f"({m.group(0)}) must be a whole segment, as in layers.{{-2..-1}}")
+    return _with_numbers(alt, {ch: m.group(0) for ch, m in ranges.items()})
 
 
 class PatternList:
@@ -232,9 +362,16 @@ class PatternList:
         self.everything = not self.include
 
     def hits(self, names: Iterable[str], which: str = "include") -> set[str]:
-        """The subset of ``names`` that any include (or exclude) pattern matches."""
+        """The subset of ``names`` that any include (or exclude) pattern matches; a range
+        counting from the end counts in ``names`` (give every name, modules too)."""
         pats = self.include if which == "include" else self.exclude
-        return {n for n in names if any(p.matches(n, to_path(n)) for p in pats)}
+        names = list(names)
+        out = {n for n in names if any(p.matches(n, to_path(n)) for p in pats)}
+        counting = [p for p in pats if p.relative]
+        if counting:
+            index = NameIndex(names)
+            out.update(n for p in counting for n in p.select(index))
+        return out
 
     def select(self, index: NameIndex, which: str = "include") -> set[str]:
         """The names of ``index`` that any include (or exclude) pattern matches."""

@@ -11,7 +11,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -61,8 +61,8 @@ class Audit:
                 raise ValueError(f"only must be 'trainable' or 'frozen', got {only!r}")
             rows = [r for r in rows if r["trainable"] == (only == "trainable")]
         if match is not None:
-            pats = PatternList(match)
-            rows = [r for r in rows if _row_matches(pats, r)]
+            hit = _matching_names(PatternList(match), self.parameters)
+            rows = [r for r in rows if hit(r)]
         return replace(self, parameters=rows)
 
     def collapse(self, depth: int) -> "Audit":
@@ -119,11 +119,17 @@ class Audit:
         return buf.getvalue()
 
 
-def _row_matches(pats: PatternList, row: dict[str, Any]) -> bool:
-    names = [row["name"], *row.get("aliases", [])]
-    candidates = {".".join(n.split(".")[:d]) for n in names for d in range(1, n.count(".") + 2)}
-    hit = pats.everything or bool(pats.hits(candidates))
-    return hit and not pats.hits(candidates, "exclude")
+def _matching_names(pats: PatternList, rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
+    """Whether a row is selected: its name, an alias or a module above it matches. Patterns
+    are tried on the names of all ``rows`` at once (a range counting from the end counts there)."""
+    def candidates(row: dict[str, Any]) -> set[str]:
+        names = [row["name"], *row.get("aliases", [])]
+        return {".".join(n.split(".")[:d]) for n in names for d in range(1, n.count(".") + 2)}
+
+    every = set().union(*map(candidates, rows))
+    include = every if pats.everything else pats.hits(every)
+    exclude = pats.hits(every, "exclude")
+    return lambda row: bool((names := candidates(row)) & include) and not names & exclude
 
 
 def _fit(rows: list[list[str]], headers: list[str], tablefmt: str, widths: list[int | None],
