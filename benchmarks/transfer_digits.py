@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import math
 import statistics
 import sys
 import time
@@ -157,7 +158,8 @@ def draw(data: Data, seed: int, shots: int) -> tuple[torch.Tensor, torch.Tensor]
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, x: torch.Tensor,
         y: torch.Tensor, epochs: int, seed: int, batch: int = BATCH) -> None:
-    """Minibatch training; the batch order depends on ``seed`` only."""
+    """Minibatch training; the batch order depends on ``seed`` only. The scheduler steps every
+    iteration (it was built with ``steps_per_epoch``), so stage warmups ramp per iteration."""
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
@@ -165,8 +167,8 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, x: t
             optimizer.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
 
 
 @torch.no_grad()
@@ -198,7 +200,7 @@ def finetune(plan: Plan, backbone: dict[str, torch.Tensor] | None, data: Data, t
         model.load_state_dict({k: v for k, v in backbone.items() if not k.startswith("head.")}, strict=False)
     start, cpu = time.perf_counter(), time.thread_time()
     optimizer = plan.optimizer(model)
-    scheduler = plan.scheduler(optimizer)
+    scheduler = plan.scheduler(optimizer, steps_per_epoch=math.ceil(len(train) / BATCH))
     fit(model, optimizer, scheduler, data.target_x[train], data.target_y[train], epochs, seed)
     return model, time.perf_counter() - start, time.thread_time() - cpu
 
@@ -219,7 +221,7 @@ def run(variants: Sequence[Variant], data: Data, backbone: dict[str, torch.Tenso
     test_x, test_y = data.target_x[data.test], data.target_y[data.test]
     for v in variants:
         plan = v.plan()
-        plan.scheduler(plan.optimizer(DigitsCNN(len(TARGET_CLASSES))))
+        plan.scheduler(plan.optimizer(DigitsCNN(len(TARGET_CLASSES))), steps_per_epoch=1)
     for seed in seeds:
         train, _ = draw(data, seed, shots)
         for res in results:
