@@ -14,6 +14,7 @@ Lightning checkpoint restores the scheduler's state, and with it the frozen set,
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 try:
@@ -37,7 +38,9 @@ class PlanCallback(Callback):
     """Optimizer, scheduler and stages from ``plan``.
 
     ``steps_per_epoch``: ``None`` steps the scheduler once per epoch; ``"auto"`` steps it
-    every optimizer step, with the epoch length from the trainer; a number sets it. A
+    every optimizer step, with the epoch length from the trainer (its training batches per
+    epoch over ``accumulate_grad_batches``, rounded up, as Lightning counts stepping batches;
+    with ``max_epochs`` or ``max_steps``); a number sets it. A
     ``plateau`` schedule watches ``monitor`` (logged metric name, default ``val_loss``).
     """
 
@@ -68,6 +71,11 @@ class PlanCallback(Callback):
     def _steps_per_epoch(self, trainer: Any) -> int | None:
         if self.steps_per_epoch != "auto":
             return self.steps_per_epoch
-        if not trainer.max_epochs or trainer.max_epochs < 1:
-            raise PlanError('steps_per_epoch="auto" needs Trainer(max_epochs=...)')
-        return max(1, int(trainer.estimated_stepping_batches) // trainer.max_epochs)
+        if trainer.train_dataloader is None:  # as estimated_stepping_batches loads it
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            raise PlanError('steps_per_epoch="auto" needs training data with a length (an iterable '
+                            'dataset has no epoch length): give steps_per_epoch=N, or write the '
+                            "plan's schedule and stages in steps (unit: step) and leave steps_per_epoch unset")
+        return max(1, math.ceil(batches / trainer.accumulate_grad_batches))
