@@ -1,9 +1,9 @@
 """The inventory: one record per parameter of a model, under its canonical name.
 
 Canonical names drop wrapper segments (``module.`` from DDP, ``_orig_mod.`` from
-torch.compile, FSDP and activation-checkpoint wrappers), so a plan written for a bare model
-means the same on a wrapped one. Tied weights appear once, under their first name, with the
-other names as aliases.
+torch.compile, FSDP and activation-checkpoint wrappers, PEFT's ``base_model.model.`` and
+``.base_layer``), so a plan written for a bare model means the same on a wrapped one. Tied
+weights appear once, under their first name, with the other names as aliases.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from .errors import ModelError
 
 WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
 DDP_SEGMENT = "module"  # a wrapper segment only below (Distributed)DataParallel: users name modules so too
-KINDS = ("weight", "bias", "norm", "embedding", "ndim<=1")
+KINDS = ("weight", "bias", "norm", "embedding", "ndim<=1", "lora_A", "lora_B", "adapter")
+_TUNER_LAYER = ("peft.tuners.tuners_utils", "BaseTunerLayer")  # every PEFT method's layer
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
     nn.LayerNorm,
@@ -98,21 +99,49 @@ _LAZY_WRAPPERS = (
      "_checkpoint_wrapped_module"),  # CheckpointWrapper and OffloadWrapper
     ("torch.distributed.fsdp.fully_sharded_data_parallel", "FullyShardedDataParallel",
      "_fsdp_wrapped_module"),  # FSDP1; FSDP2 (fully_shard) adds no wrapper module
+    ("peft.peft_model", "PeftModel", "base_model"),  # PeftModel -> LoraModel (a BaseTuner) -> model
+    ("peft.tuners.tuners_utils", "BaseTuner", "model"),
+    (*_TUNER_LAYER, "base_layer"),  # a LoRA (IA3, LoHa, ...) layer around the model's own layer
 )
 
 
-def _wrapper_types() -> dict[type, str]:
-    """The real wrapper classes, each with the attribute its wrapped module is under.
+def _loaded(module: str, name: str) -> type | None:
+    """Class ``name`` of ``module`` if that module was imported: a class never imported can
+    have no instances, so it is not imported here (importing torch._dynamo or peft costs seconds)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
 
-    A class whose module was never imported can have no instances, so the lazy ones are looked
-    up in ``sys.modules`` instead of imported (importing torch._dynamo costs seconds).
-    """
+
+def _adapter_kinds(layer: nn.Module) -> dict[int, frozenset[str]]:
+    """The kinds of the active adapters' parameters of a PEFT tuner layer, by tensor id:
+    ``adapter`` for each (every entry of its ``adapter_layer_names``), plus ``lora_A`` or
+    ``lora_B`` for LoRA's two matrices. Inactive adapters (``add_adapter``) get none."""
+    active = layer.active_adapters
+    active = [active] if isinstance(active, str) else active
+    out: dict[int, frozenset[str]] = {}
+    for attr in getattr(layer, "adapter_layer_names", ()):
+        container = getattr(layer, attr, None)
+        kinds = _ADAPTER_KINDS.get(attr, _ADAPTER_KINDS[None])
+        for adapter in active if isinstance(container, (nn.ModuleDict, nn.ParameterDict)) else ():
+            item = container[adapter] if adapter in container else None
+            params = item.parameters() if isinstance(item, nn.Module) else (item,) if item is not None else ()
+            out.update((id(p), kinds) for p in params)
+    return out
+
+
+_ADAPTER_KINDS = {None: frozenset({"adapter"}), "lora_A": frozenset({"adapter", "lora_A"}),
+                  "lora_B": frozenset({"adapter", "lora_B"})}
+
+
+def _wrapper_types() -> dict[type, str]:
+    """The real wrapper classes, each with the attribute its wrapped module is under
+    (the lazy ones only once their module is imported, see :func:`_loaded`)."""
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
     types: dict[type, str] = {DataParallel: "module", DistributedDataParallel: "module"}
     for module, cls, attr in _LAZY_WRAPPERS:
-        found = getattr(sys.modules.get(module), cls, None)
-        if isinstance(found, type):
+        found = _loaded(module, cls)
+        if found is not None:
             types[found] = attr
     return types
 
@@ -130,7 +159,8 @@ def wrapped_children(model: nn.Module) -> frozenset[str]:
     root, ``layer1._checkpoint_wrapped_module``): the only segments canonical names drop.
 
     A wrapper is known by its class (DDP, DataParallel, torch.compile's OptimizedModule,
-    activation-checkpoint wrappers, FSDP1), so a user's own child called ``module`` or
+    activation-checkpoint wrappers, FSDP1, PeftModel, PEFT's tuner models and layers), so a
+    user's own child called ``module`` or
     ``_orig_mod`` keeps its name.
     """
     types = _wrapper_types()
@@ -241,6 +271,8 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
         raise ModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
     no_decay = no_decay_matcher(unwrap(model))
     types = _wrapper_types()
+    tuner = _loaded(*_TUNER_LAYER)
+    adapters: dict[int, frozenset[str]] = {}  # tensor id -> adapter kinds, from the tuner layers above
     wrapped: set[str] = set()
     records: list[ParamRecord] = []
     by_id: dict[int, ParamRecord] = {}
@@ -250,6 +282,8 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
         attr = _wrapped(owner, types)
         if attr is not None:
             wrapped.add(f"{owner_raw}.{attr}" if owner_raw else attr)
+        if tuner is not None and isinstance(owner, tuner):
+            adapters.update(_adapter_kinds(owner))
         if not owner._parameters:
             continue
         module = strip_wrappers(owner_raw, frozenset(wrapped)) if wrapped else owner_raw
@@ -269,10 +303,11 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
                 if name != rec.name and name not in rec.aliases:
                     rec.aliases.append(name)
                 continue
+            kinds = _kinds(leaf, owner, param, name, no_decay)
             rec = ParamRecord(
                 index=len(records), name=name, aliases=[], module=module,
                 module_class=cls.__name__, module_classes=_class_names(cls),
-                kinds=_kinds(leaf, owner, param, name, no_decay), shape=tuple(param.shape),
+                kinds=kinds | adapters[id(param)] if id(param) in adapters else kinds, shape=tuple(param.shape),
                 numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,
             )
             by_id[id(param)] = rec

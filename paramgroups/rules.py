@@ -48,7 +48,8 @@ class Rule:
 
     ``match`` is a pattern or a list of patterns (see DESIGN.md); ``modules`` filters by the
     owning module's class name (globs, base classes count); ``kinds`` by kind (``weight``,
-    ``bias``, ``norm``, ``embedding``, ``ndim<=1``; any of them). Settings left ``None`` are
+    ``bias``, ``norm``, ``embedding``, ``ndim<=1``, and for PEFT models the active adapter's
+    ``lora_A``, ``lora_B`` and ``adapter`` (any PEFT method's); any of them). Settings left ``None`` are
     not touched by this rule. Extra keyword arguments are per-group optimizer options.
     """
 

@@ -61,9 +61,9 @@ def test_audit_without_a_plan_reports_the_models_real_requires_grad():
     a = audit(model)
     assert a.totals["trainable"] == 512 and a.totals["numel"] == 7760
     rows = {r["name"]: r for r in a.parameters}
-    base = rows["base_model.model.model.embed_tokens.weight"]
+    base = rows["model.embed_tokens.weight"]  # canonical: no PEFT wrapper segments
     assert (base["trainable"], base["frozen_by"], base["group"]) == (False, "model", None)
-    lora = rows["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"]
+    lora = rows["model.layers.0.self_attn.q_proj.lora_A.default.weight"]
     assert (lora["trainable"], lora["frozen_by"]) == (True, None)
     assert a.problems == []
     assert "no (model)" in a.to_table()
