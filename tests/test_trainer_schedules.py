@@ -18,6 +18,9 @@ from paramgroups.schedules import DECAY_SHAPES, Schedule
 
 import stagenet
 
+transformers = pytest.importorskip("transformers", reason="transformers is an optional extra")
+from transformers.optimization import get_wsd_schedule  # noqa: E402  (loads at collection, not in a test)
+
 REL = 1e-12
 
 
@@ -51,8 +54,6 @@ def assert_same(got: list[list[float]], want: list[list[float]]) -> None:
 @pytest.mark.parametrize("warmup_shape", ["linear", "cosine", "1-sqrt"])
 @pytest.mark.parametrize("floor", [0.0, 0.2])
 def test_wsd_equals_transformers_at_every_step(decay_shape, warmup_shape, floor):
-    from transformers.optimization import get_wsd_schedule
-
     plan = Plan([Rule("fc", lr_mult=10)], lr=0.1, schedule=Schedule(
         "wsd", unit="step", total=14, warmup=3, decay=5, decay_shape=decay_shape,
         warmup_shape=warmup_shape, warmup_start=floor, min_factor=floor))
@@ -64,8 +65,6 @@ def test_wsd_equals_transformers_at_every_step(decay_shape, warmup_shape, floor)
 
 
 def test_wsd_in_epochs_is_the_step_schedule_at_fractional_epochs():
-    from transformers.optimization import get_wsd_schedule
-
     plan = Plan(lr=0.1, schedule={"main": "wsd", "total": 4, "warmup": 1, "decay": 2, "decay_shape": "linear"})
     opt = plan.optimizer(stagenet.Net())
     ref_opt = twin_optimizer(opt)
@@ -113,8 +112,6 @@ def test_a_plan_file_may_leave_total_until_an_lr_is_asked_for(tmp_path):
 
 
 # -- transformers ----------------------------------------------------------------------------
-
-transformers = pytest.importorskip("transformers", reason="transformers is an optional extra")
 
 
 def bert() -> nn.Module:
