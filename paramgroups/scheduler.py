@@ -54,24 +54,37 @@ class PlanScheduler(LRScheduler):
         self.momentum_keys = self._momentum_keys(optimizer)
         self._binding = binding
         self._stage_steps = stage_steps(stages, schedule.unit, steps_per_epoch)
+        self._state_cache: tuple[int, list[tuple[bool, float]]] | None = None
+        self._applied: list[bool] | None = None  # the frozen flags last set on the parameters
         super().__init__(optimizer, last_epoch)
 
     def stage_state(self, step: int | None = None) -> list[tuple[bool, float]]:
         """(frozen, stage LR factor) per group at ``step`` (default: the current step)."""
-        k = self.last_epoch if step is None else step
+        k = max(self.last_epoch if step is None else step, 0)
         if self._binding is None:
             return [(False, 1.0)] * len(self.optimizer.param_groups)
+        if self._state_cache is not None and self._state_cache[0] == k:
+            return self._state_cache[1]  # get_lr and _apply_stages ask for the same step
         stages = self._binding.plan.stages
         steps, warmups = self._stage_steps
-        return [stage_state(g.events, stages, g.frozen, max(k, 0), steps, warmups)
-                for g in self._binding.resolution.groups]
+        states = [stage_state(g.events, stages, g.frozen, k, steps, warmups)
+                  for g in self._binding.resolution.groups]
+        self._state_cache = (k, states)
+        return states
 
-    def _apply_stages(self) -> None:
-        """Flip ``requires_grad`` and norm holds to the current step's frozen set."""
+    def _apply_stages(self, force: bool = False) -> None:
+        """Flip ``requires_grad`` and norm holds of the groups whose frozen state changed since
+        the last call (every group when ``force``: at the start and after a resume)."""
         if self._binding is None or not self._binding.plan.stages:
             return
+        flags = [frozen for frozen, _ in self.stage_state()]
+        force = force or self._applied is None
+        if not force and flags == self._applied:
+            return  # away from stage boundaries a step touches no parameter
         changed = False
-        for group, (frozen, _) in zip(self._binding.resolution.groups, self.stage_state()):
+        for i, (group, frozen) in enumerate(zip(self._binding.resolution.groups, flags)):
+            if not force and frozen == self._applied[i]:
+                continue
             for a in group.members:
                 param = a.record.param
                 if param.requires_grad == frozen:
@@ -79,6 +92,7 @@ class PlanScheduler(LRScheduler):
                     changed = True
                 if frozen and param.grad is not None:  # a zeroed gradient still moves it
                     param.grad = None  # (momentum, weight decay) under zero_grad(set_to_none=False)
+        self._applied = flags
         if changed and self._binding.plan.bn == "freeze":
             norms.sync(self._binding.model)
 
@@ -163,7 +177,7 @@ class PlanScheduler(LRScheduler):
         stages, group names, ``steps_per_epoch``), so a resume into another plan is refused.
         """
         state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("optimizer", "schedule", "_binding", "_stage_steps")}
+                 if k not in ("optimizer", "schedule", "_binding", "_stage_steps", "_state_cache", "_applied")}
         state.update(self._fingerprint())
         state["frozen_groups"] = [i for i, (f, _) in enumerate(self.stage_state()) if f]
         return state
@@ -188,8 +202,11 @@ class PlanScheduler(LRScheduler):
         if len(saved.get("base_lrs", self.base_lrs)) != len(self.base_lrs):
             raise PlanError(f"cannot resume: the saved scheduler had {len(saved['base_lrs'])} groups; "
                             f"this optimizer has {len(self.base_lrs)}: was it built from another plan?")
+        for key in ("_state_cache", "_applied"):  # this process's own, never a saved one
+            saved.pop(key, None)
         self.__dict__.update(saved)
-        self._apply_stages()
+        self._state_cache = None
+        self._apply_stages(force=True)
 
 
 def _difference(key: str, saved: Any, mine: Any) -> str:

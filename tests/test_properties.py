@@ -28,7 +28,7 @@ from torch import nn
 
 import paramgroups
 from paramgroups import Plan, Rule
-from paramgroups.errors import PlanError
+from paramgroups.errors import PlanError, RuleError
 
 # No "explain" phase: on a failure it reruns many variants of the example, which costs more
 # than the shrinking and adds little to the minimal example printed.
@@ -332,6 +332,38 @@ def ref_selects(rule: dict, rec: RefParam) -> bool:
 FIELDS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group")
 
 
+def ref_tie_conflict(recs: list[RefParam], rules: list[dict]) -> bool:
+    """Whether two rules select different, non-nested names of one tied tensor and give it
+    different values for one field (a conflict the plan must refuse, not resolve by order)."""
+    for rec in recs:
+        if len(rec.names) < 2:
+            continue
+        seen = []
+        for i, rule in enumerate(rules):
+            if not ref_selects(rule, rec):
+                continue
+            match = rule.get("match", "**")
+            texts = [match] if isinstance(match, str) else list(match)
+            include = [t for t in texts if not t.startswith("!")]
+            exclude = [t[1:] for t in texts if t.startswith("!")]
+
+            def hits(pats: list[str], name: str) -> bool:
+                parts = name.split(".")
+                prefixes = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+                return any(ref_pattern_matches(t, c) for t in pats for c in prefixes)
+
+            names = frozenset(n for n in rec.names
+                              if (not include or hits(include, n)) and not hits(exclude, n))
+            for j, other in seen:
+                nested = names <= other or other <= names
+                clash = any(rule.get(k) is not None and rules[j].get(k) is not None
+                            and rule[k] != rules[j][k] for k in FIELDS)
+                if clash and not nested:
+                    return True
+            seen.append((i, names))
+    return False
+
+
 @dataclass
 class RefAssignment:
     rec: RefParam
@@ -484,6 +516,11 @@ def check_plan(model: nn.Module, rules: list[dict], lr, wd) -> None:
     plan = Plan(make_rules(rules), lr=lr, weight_decay=wd, optimizer="sgd")
     expected = ref_cascade(recs, rules, lr if lr is not None else default_lr("sgd"), wd)
     note(f"reference: {[(a.rec.name, a.lr, a.weight_decay, a.frozen, a.label, a.rules) for a in expected]}")
+    if ref_tie_conflict(recs, rules):  # refused, and reported by the audit, never a coin flip
+        with pytest.raises(RuleError, match="are one tied tensor"):
+            plan.param_groups(model)
+        assert any("are one tied tensor" in p for p in paramgroups.audit(model, plan).problems)
+        return
 
     # 1. every floating parameter in exactly one group; non-floating ones in none
     groups = plan.param_groups(model)
