@@ -194,8 +194,9 @@ def test_every_lr_of_every_plan_that_loads_is_finite(main, fields, restarts, sha
         for level in (0, 3, 10 ** 4):
             try:
                 f = bounded(lambda: s.factor(step, base_lr=lr, steps_per_epoch=spe, plateau_level=level))
-            except PlanError as exc:  # onecycle too short for its steps: known only then
-                assert "leaves a phase without steps" in str(exc)
+            except PlanError as exc:  # onecycle too short for its steps, or a total left to a
+                # trainer helper: known only then
+                assert "leaves a phase without steps" in str(exc) or "needs total" in str(exc)
                 return
             assert math.isfinite(f) and 0 <= f <= s.peak_factor(lr), (step, level, f)
             assert math.isfinite(lr * f)
