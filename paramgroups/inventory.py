@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import sys
+from abc import ABC
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Iterable
@@ -61,6 +62,8 @@ class ParamRecord:
     device: torch.device
     param: nn.Parameter = field(repr=False)
     owner: nn.Module = field(repr=False)
+    # the class names (bases and mixins too) of the owner and every module above it
+    enclosing: frozenset[str] = field(default=frozenset(), repr=False)
 
     @property
     def is_float(self) -> bool:
@@ -160,8 +163,7 @@ def wrapped_children(model: nn.Module) -> frozenset[str]:
 
     A wrapper is known by its class (DDP, DataParallel, torch.compile's OptimizedModule,
     activation-checkpoint wrappers, FSDP1, PeftModel, PEFT's tuner models and layers), so a
-    user's own child called ``module`` or
-    ``_orig_mod`` keeps its name.
+    user's own child called ``module`` or ``_orig_mod`` keeps its name.
     """
     types = _wrapper_types()
     out = set()
@@ -251,6 +253,13 @@ def _kind_set(end: str, norm: bool, embedding: bool, small: bool) -> frozenset[s
 
 
 @lru_cache(maxsize=None)
+def _enclosing(outer: frozenset[str], cls: type) -> frozenset[str]:
+    """``outer`` plus the names of ``cls`` and its bases (PEFT's ``LoraLayer`` mixin too); one
+    shared set per path of classes, so records of a big model hold a handful of sets."""
+    return outer | {c.__name__ for c in cls.__mro__ if c not in (object, nn.Module, ABC)}
+
+
+@lru_cache(maxsize=None)
 def _class_names(cls: type) -> tuple[str, ...]:
     return tuple(c.__name__ for c in cls.__mro__ if issubclass(c, nn.Module) and c is not nn.Module
                  ) or ("Module",)
@@ -274,6 +283,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     tuner = _loaded(*_TUNER_LAYER)
     adapters: dict[int, frozenset[str]] = {}  # tensor id -> adapter kinds, from the tuner layers above
     wrapped: set[str] = set()
+    enclosing: dict[str, frozenset[str]] = {}  # raw module name -> classes of it and above it
     records: list[ParamRecord] = []
     by_id: dict[int, ParamRecord] = {}
     # one walk, as torch's named_parameters(remove_duplicate=False) walks: modules in
@@ -284,6 +294,8 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
             wrapped.add(f"{owner_raw}.{attr}" if owner_raw else attr)
         if tuner is not None and isinstance(owner, tuner):
             adapters.update(_adapter_kinds(owner))
+        outer = enclosing[owner_raw] = _enclosing(
+            enclosing.get(owner_raw.rpartition(".")[0], frozenset()) if owner_raw else frozenset(), type(owner))
         if not owner._parameters:
             continue
         module = strip_wrappers(owner_raw, frozenset(wrapped)) if wrapped else owner_raw
@@ -309,6 +321,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
                 module_class=cls.__name__, module_classes=_class_names(cls),
                 kinds=kinds | adapters[id(param)] if id(param) in adapters else kinds, shape=tuple(param.shape),
                 numel=param.numel(), dtype=param.dtype, device=param.device, param=param, owner=owner,
+                enclosing=outer,
             )
             by_id[id(param)] = rec
             records.append(rec)

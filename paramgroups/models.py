@@ -426,7 +426,7 @@ def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool 
     covers, index = name_table(records)
     out = []
     for i, rule in enumerate(plan.all_rules):
-        if rule.modules is None and rule.kinds is None:
+        if rule.modules is None and rule.within is None and rule.kinds is None:
             continue
         if freezing_only and rule.freeze is None and (
                 rule.optional or rule.select(records, covers, index)):
@@ -435,7 +435,7 @@ def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool 
                                    Rule(rule.match).select(records, covers, index))), None)
         if doubt is not None:
             where = rule.where(i) if i < len(plan.rules) else "no_decay"
-            by = " and ".join(f"{f} {getattr(rule, f)!r}" for f in ("modules", "kinds")
+            by = " and ".join(f"{f} {getattr(rule, f)!r}" for f in ("modules", "within", "kinds")
                               if getattr(rule, f) is not None)
             out.append(f"{where}: selects by {by}, which a checkpoint cannot tell ({doubt})")
     if plan.norm_trainable:
@@ -452,11 +452,13 @@ def _doubt(rule: Rule, rec: ParamRecord) -> str | None:
         maybe = _possible_kinds(rec).intersection(rule.kinds)
         if not maybe:
             return None  # certainly not selected
-        if rule.modules is None:
+        if rule.modules is None and rule.within is None:
             kind = "an embedding" if "embedding" in maybe else "a norm parameter"
             return f"is {rec.name!r} {kind}?"
     if rule.modules is not None:
         return f"the class of the layer holding {rec.name!r}"
+    if rule.within is not None:
+        return f"the classes of the layers above {rec.name!r}"
     return None
 
 

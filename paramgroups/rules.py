@@ -19,7 +19,7 @@ from .patterns import NameIndex, PatternList
 from .values import describe, is_finite_number
 
 SETTINGS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group")
-RULE_FIELDS = ("match", "modules", "kinds", "optional", *SETTINGS)
+RULE_FIELDS = ("match", "modules", "within", "kinds", "optional", *SETTINGS)
 
 
 def _as_list(value: Any, what: str) -> list[str] | None:
@@ -49,12 +49,15 @@ class Rule:
     ``match`` is a pattern or a list of patterns (see DESIGN.md); ``modules`` filters by the
     owning module's class name (globs, base classes count); ``kinds`` by kind (``weight``,
     ``bias``, ``norm``, ``embedding``, ``ndim<=1``, and for PEFT models the active adapter's
-    ``lora_A``, ``lora_B`` and ``adapter`` (any PEFT method's); any of them). Settings left ``None`` are
+    ``lora_A``, ``lora_B`` and ``adapter`` (any PEFT method's); any of them); ``within`` by the
+    class of any module above the parameter, its owner included (globs, base classes and mixins
+    count: ``LlamaAttention``, ``*DecoderLayer``, ``LoraLayer``). Settings left ``None`` are
     not touched by this rule. Extra keyword arguments are per-group optimizer options.
     """
 
     match: str | list[str] = "**"
     modules: str | list[str] | None = None
+    within: str | list[str] | None = None
     kinds: str | list[str] | None = None
     optional: bool = False
     lr: float | None = None
@@ -68,6 +71,7 @@ class Rule:
     line: int | None = field(default=None, compare=False, repr=False)
 
     def __init__(self, match: str | Sequence[str] = "**", *, modules: str | Sequence[str] | None = None,
+                 within: str | Sequence[str] | None = None,
                  kinds: str | Sequence[str] | None = None, optional: bool = False,
                  lr: float | None = None, lr_mult: float | None = None,
                  weight_decay: float | None = None, wd_mult: float | None = None,
@@ -76,6 +80,9 @@ class Rule:
         self.match = match if isinstance(match, str) else list(match) if isinstance(match, (list, tuple)) else match
         self.patterns = PatternList(self.match)
         self.modules = _as_list(modules, "modules")
+        self.within = _as_list(within, "within")
+        if self.within == []:
+            raise RuleError("within must name at least one class (a class name or glob: LlamaAttention)")
         self.kinds = _as_list(kinds, "kinds")
         for kind in self.kinds or ():
             if kind not in KINDS:
@@ -108,7 +115,7 @@ class Rule:
     def to_dict(self) -> dict[str, Any]:
         """The plan-file form of this rule: only the fields that differ from the defaults."""
         out: dict[str, Any] = {"match": self.match}
-        for key in ("modules", "kinds"):
+        for key in ("modules", "within", "kinds"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value[0] if len(value) == 1 else list(value)
@@ -132,12 +139,18 @@ class Rule:
         if self.patterns.exclude:
             chosen -= _covered(covers, self.patterns.select(index, "exclude"))
         out = []
+        inside: dict[frozenset[str], bool] = {}  # records share a handful of enclosing sets
         for idx in sorted(chosen):
             rec = records[idx]
             if self.modules is not None and not any(
                 fnmatchcase(cls, pat) for cls in rec.module_classes for pat in self.modules
             ):
                 continue
+            if self.within is not None:
+                if rec.enclosing not in inside:
+                    inside[rec.enclosing] = any(fnmatchcase(c, p) for c in rec.enclosing for p in self.within)
+                if not inside[rec.enclosing]:
+                    continue
             if self.kinds is not None and not rec.kinds.intersection(self.kinds):
                 continue
             out.append(idx)
@@ -344,13 +357,15 @@ def rule_text(rule: Rule) -> tuple[str, bool]:
     if rule.patterns.exclude or not all(p.everything for p in rule.patterns.include):
         text = rule.match if isinstance(rule.match, str) else ",".join(rule.match)
         return text, True
-    return ",".join([*(rule.modules or ()), *(rule.kinds or ())]), False
+    return ",".join([*(rule.modules or ()), *(rule.within or ()), *(rule.kinds or ())]), False
 
 
 def _describe(rule: Rule) -> str:
     parts = [f"match {rule.match!r}"]
     if rule.modules is not None:
         parts.append(f"modules {rule.modules!r}")
+    if rule.within is not None:
+        parts.append(f"within {rule.within!r}")
     if rule.kinds is not None:
         parts.append(f"kinds {rule.kinds!r}")
     return " with ".join(parts)

@@ -93,3 +93,35 @@ def test_importing_paramgroups_imports_no_peft():
     code = "import sys, paramgroups; print('peft' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- within ------------------------------------------------------------------------------
+
+
+def test_within_selects_by_an_enclosing_class():
+    bare, wrapped = tiny_llama(), lora_llama()
+    attention = {n for n, _ in bare.named_parameters() if ".self_attn." in n}
+    assert names(bare, within="LlamaAttention") == attention
+    assert names(bare, within=["*DecoderLayer"]) == {n for n, _ in bare.named_parameters() if ".layers." in n}
+    assert names(bare, within="LlamaAttention", kinds="weight", match="model.layers.{-1..-1}") == {
+        n for n in attention if n.startswith("model.layers.2.")}
+    # LoraLayer is a mixin, not an nn.Module base; a LoRA layer encloses its base layer too
+    assert names(wrapped, within="LoraLayer") == {
+        r.name for r in inventory(wrapped) if any(f"{t}." in r.name for t in TARGETS)}
+    assert names(wrapped, within="LoraLayer", kinds="adapter") == names(wrapped, kinds="adapter")
+
+
+def test_within_round_trips_and_is_validated():
+    plan = Plan.from_dict({"lr": 0.1, "rules": [{"within": "LlamaAttention", "lr_mult": 2.0},
+                                                {"within": ["*MLP", "LoraLayer"], "weight_decay": 0.0}]})
+    assert plan.to_dict()["rules"] == [{"match": "**", "within": "LlamaAttention", "lr_mult": 2.0},
+                                       {"match": "**", "within": ["*MLP", "LoraLayer"], "weight_decay": 0.0}]
+    assert Plan.from_dict(plan.to_dict()) == plan
+    from paramgroups.errors import RuleError, UnmatchedRuleError
+
+    with pytest.raises(RuleError, match="within must be a string or a list of strings"):
+        Rule(within=3)
+    with pytest.raises(RuleError, match="within must name at least one class"):
+        Rule(within=[])
+    with pytest.raises(UnmatchedRuleError, match=r"within \['GPT2Block'\] matches no parameter"):
+        Plan([Rule(within="GPT2Block", lr=1.0)], lr=0.1).resolve(tiny_llama())
