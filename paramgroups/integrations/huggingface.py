@@ -51,16 +51,16 @@ def _with_run(plan: Plan, args: Any, num_training_steps: int | None,
     schedule = plan.schedule
     if schedule is None or (args is None and num_training_steps is None):
         return plan
+    length = _run_length(args, num_training_steps)
     fill_total = schedule.total is None and schedule.main in NEEDS_TOTAL
     fill_warmup = (args is not None and schedule.warmup == 0 and schedule.main != "onecycle"
                    and args.warmup_steps > 0)
     if not (fill_total or fill_warmup):
         return plan
-    length = _run_length(args, num_training_steps)
     if length is None and (fill_total or args.warmup_steps < 1):
-        raise PlanError("the plan's schedule leaves its length to the Trainer, but args.max_steps "
-                        "is not set: pass num_training_steps= (the run's optimizer steps), set "
-                        "max_steps in TrainingArguments, or give the schedule a total")
+        raise PlanError("the plan's schedule leaves its total (or a warmup fraction) to the Trainer, "
+                        "but args.max_steps is not set: pass num_training_steps= (the run's optimizer "
+                        "steps), set max_steps in TrainingArguments, or give the schedule a total")
     if schedule.unit == "epoch" and steps_per_epoch is None:
         raise PlanError(_PER_STEP)
 
