@@ -37,7 +37,8 @@ from .rules import (RULE_FIELDS, Resolution, Rule, check_number, located_rule_er
                     resolve, rule_text)
 
 EXTRA_FIELDS = {"schedule": None, "layer_decay": None, "layers": None, "no_decay": False,
-                "stages": (), "bn": "freeze", "norm_trainable": False}
+                "stages": (), "bn": "freeze", "norm_trainable": False, "loraplus": None}
+LORAPLUS_FIELDS = {"ratio": None, "embedding_lr": 1e-6, "weight_decay": None}  # peft's defaults
 PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer", *EXTRA_FIELDS)
 NO_DECAY_KINDS = ["bias", "norm", "ndim<=1", "embedding"]
 PLAN_TAG = "_paramgroups_plan"  # set on optimizers Plan.optimizer builds, read by audit()
@@ -54,6 +55,9 @@ class Plan:
     freeze and thaw parameters over the run (:class:`Stage`). Norm layers whose parameters are
     all frozen keep their running statistics (``bn="freeze"``; ``bn="train"`` is torch's
     behaviour); ``norm_trainable=True`` keeps norm parameters trainable in frozen blocks.
+    ``loraplus={"ratio": 16}`` (``embedding_lr``, default 1e-6; ``weight_decay``, default the
+    plan's) adds LoRA+ rules after the rules: every trainable parameter gets the LR and weight
+    decay peft's ``create_loraplus_optimizer`` gives it (lora_B and 1-d: ``lr_mult`` ratio).
     Extra keyword arguments are options of the optimizer (``momentum=0.9``), validated.
     """
 
@@ -62,9 +66,11 @@ class Plan:
                  schedule: Schedule | Mapping[str, Any] | str | None = None,
                  layer_decay: float | None = None, layers: str | Sequence[Any] | None = None,
                  no_decay: bool = False, stages: Sequence[Stage | Mapping[str, Any]] = (),
-                 bn: str = "freeze", norm_trainable: bool = False, **optimizer_options: Any):
+                 bn: str = "freeze", norm_trainable: bool = False,
+                 loraplus: Mapping[str, float] | None = None, **optimizer_options: Any):
         extras = {"schedule": schedule, "layer_decay": layer_decay, "layers": layers,
-                  "no_decay": no_decay, "stages": stages, "bn": bn, "norm_trainable": norm_trainable}
+                  "no_decay": no_decay, "stages": stages, "bn": bn, "norm_trainable": norm_trainable,
+                  "loraplus": loraplus}
         self._init(rules, lr, weight_decay, optimizer, optimizer_options, Locations(None), extras)
 
     @classmethod
@@ -146,6 +152,23 @@ class Plan:
     @staticmethod
     def _parse_norm_trainable(value: Any) -> bool:
         return _flag("norm_trainable", value)
+
+    @staticmethod
+    def _parse_loraplus(value: Any) -> dict[str, float | None] | None:
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise PlanError(f"loraplus must be a mapping (ratio: 16, embedding_lr: 1e-6, "
+                            f"weight_decay: 0.0), got {describe(value)}")
+        for key in value:
+            if key not in LORAPLUS_FIELDS:
+                close = difflib.get_close_matches(str(key), LORAPLUS_FIELDS, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(LORAPLUS_FIELDS)}"
+                raise PlanError(f"loraplus: unknown field {key!r} ({hint})")
+        if value.get("ratio") is None:
+            raise PlanError("loraplus needs ratio, the LR of lora_B over lora_A (LoRA+ suggests 16)")
+        out = {**LORAPLUS_FIELDS, **value}
+        return {k: check_number(f"loraplus {k}", v, PlanError) for k, v in out.items()}
 
     @staticmethod
     def _parse_bn(value: Any) -> str:
@@ -261,6 +284,8 @@ class Plan:
             out["bn"] = self.bn
         if self.norm_trainable:
             out["norm_trainable"] = True
+        if self.loraplus is not None:
+            out["loraplus"] = {k: v for k, v in self.loraplus.items() if v is not None}
         out["rules"] = [r.to_dict() for r in self.rules]
         return out
 
@@ -279,10 +304,27 @@ class Plan:
 
     @property
     def all_rules(self) -> list[Rule]:
-        """The rules, plus the ``no_decay`` shorthand's rule last when it is on."""
-        if not self.no_decay:
-            return list(self.rules)
-        return [*self.rules, Rule(kinds=NO_DECAY_KINDS, weight_decay=0.0, optional=True)]
+        """The rules, then the ``loraplus`` rules, then the ``no_decay`` shorthand's rule."""
+        rules = [*self.rules, *self._loraplus_rules()]
+        if self.no_decay:
+            rules.append(Rule(kinds=NO_DECAY_KINDS, weight_decay=0.0, optional=True))
+        return rules
+
+    def _loraplus_rules(self) -> list[Rule]:
+        """peft's four LoRA+ groups as rules: A (the rest), B (``lora_B`` and 1-d parameters:
+        LR x ratio), B without decay (names with "bias", or inside a LayerNorm, as transformers'
+        ``get_parameter_names(model, ALL_LAYERNORM_LAYERS)`` decides) and embedding LoRA."""
+        if self.loraplus is None:
+            return []
+        ratio, embedding_lr, wd = (self.loraplus[k] for k in ("ratio", "embedding_lr", "weight_decay"))
+        decay = {} if wd is None else {"weight_decay": wd}
+        group_b = ["lora_B", "ndim<=1"]
+        return [*([Rule(optional=True, **decay)] if decay else []),
+                Rule(kinds=group_b, lr_mult=ratio, optional=True),
+                Rule("re:.*bias.*", kinds=group_b, weight_decay=0.0, optional=True),
+                Rule(within="LayerNorm", kinds=group_b, weight_decay=0.0, optional=True),
+                Rule("**.lora_embedding_{A,B}", within="Embedding", lr=embedding_lr, lr_mult=1.0,
+                     optional=True, **decay)]
 
     def resolve(self, model: nn.Module, *, strict: bool = True) -> Resolution:
         """Resolve the rules against ``model``: assignments, groups and problems."""
@@ -335,7 +377,7 @@ class Plan:
         return res
 
     def _rule_texts(self) -> list[tuple[str, bool]]:
-        texts = [rule_text(r) for r in self.rules]
+        texts = [rule_text(r) for r in self.rules] + [("loraplus", False)] * len(self._loraplus_rules())
         return texts + [("no_decay", False)] if self.no_decay else texts
 
     def _stage_texts(self) -> list[tuple[str, str]]:

@@ -125,3 +125,75 @@ def test_within_round_trips_and_is_validated():
         Rule(within=[])
     with pytest.raises(UnmatchedRuleError, match=r"within \['GPT2Block'\] matches no parameter"):
         Plan([Rule(within="GPT2Block", lr=1.0)], lr=0.1).resolve(tiny_llama())
+
+
+# -- LoRA+ -------------------------------------------------------------------------------
+
+
+class Small(torch.nn.Module):
+    """An embedding, a LayerNorm (its parameters trained: B without decay) and two linears."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.fc = torch.nn.Linear(8, 8)
+        self.ln = torch.nn.LayerNorm(8)
+        self.head = torch.nn.Linear(8, 2)
+
+
+def lora_models():
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=2, attention_bias=True)
+    llama = peft.get_peft_model(transformers.LlamaForCausalLM(cfg), peft.LoraConfig(
+        r=2, target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"], bias="all"))
+    llama.base_model.model.model.norm.weight.requires_grad_(True)  # 1-d, not a LayerNorm: B with decay
+    small = peft.get_peft_model(Small(), peft.LoraConfig(r=2, target_modules=["emb", "fc", "head"]))
+    for p in small.base_model.model.ln.parameters():
+        p.requires_grad_(True)
+    return {"llama": llama, "small": small}
+
+
+def settings_by_param(optimizer: torch.optim.Optimizer) -> dict[int, tuple[float, float]]:
+    return {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+
+
+@pytest.mark.parametrize("which", ["llama", "small"])
+@pytest.mark.parametrize("embedding_lr, weight_decay", [(None, 0.05), (1e-5, 0.0)])
+def test_loraplus_equals_peft_parameter_by_parameter(which, embedding_lr, weight_decay):
+    from peft.optimizers import create_loraplus_optimizer
+
+    model = lora_models()[which]
+    extra = {} if embedding_lr is None else {"loraplus_lr_embedding": embedding_lr}
+    theirs = settings_by_param(create_loraplus_optimizer(
+        model, torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16, loraplus_weight_decay=weight_decay, **extra))
+    loraplus = {"ratio": 16} if embedding_lr is None else {"ratio": 16, "embedding_lr": embedding_lr}
+    plan = Plan(optimizer="adamw", lr=1e-3, weight_decay=weight_decay, loraplus=loraplus)
+    ours = settings_by_param(plan.optimizer(model))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert len(theirs) == sum(p.requires_grad for p in model.parameters())
+    assert {names[i]: ours[i] for i in theirs} == {names[i]: v for i, v in theirs.items()}
+    lrs = {v[0] for v in theirs.values()}
+    assert lrs == {1e-3, 16e-3, embedding_lr or 1e-6}  # all three LRs occur
+    if weight_decay:
+        assert {v[1] for v in theirs.values()} == {0.0, weight_decay}  # and B without decay
+
+
+def test_loraplus_weight_decay_and_plan_file():
+    model = lora_models()["llama"]
+    plan = Plan.from_dict({"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1,
+                           "loraplus": {"ratio": 8, "weight_decay": 0.01}})
+    assert plan.to_dict()["loraplus"] == {"ratio": 8, "embedding_lr": 1e-6, "weight_decay": 0.01}
+    assert Plan.from_dict(plan.to_dict()) == plan
+    res = plan.resolve(model)
+    trained = [a for a in res.assignments if not a.frozen]
+    assert {a.weight_decay for a in trained} == {0.0, 0.01}
+    assert any("loraplus" in g.name for g in res.groups)  # the audit says which rules made a group
+    from paramgroups.errors import PlanError
+
+    with pytest.raises(PlanError, match="loraplus needs ratio"):
+        Plan(lr=0.1, loraplus={"embedding_lr": 1e-5})
+    with pytest.raises(PlanError, match="unknown field 'ration'.*did you mean 'ratio'"):
+        Plan(lr=0.1, loraplus={"ration": 16})
+    with pytest.raises(PlanError, match="loraplus ratio must be a finite number"):
+        Plan(lr=0.1, loraplus={"ratio": -1})
