@@ -54,8 +54,9 @@ class PlanScheduler(LRScheduler):
         self.momentum_keys = self._momentum_keys(optimizer)
         self._binding = binding
         self._stage_steps = stage_steps(stages, schedule.unit, steps_per_epoch)
-        self._state_cache: tuple[int, list[tuple[bool, float]]] | None = None
+        self._state_cache: tuple[int, float, list[tuple[bool, float]]] | None = None  # [from, to)
         self._applied: list[bool] | None = None  # the frozen flags last set on the parameters
+        self._applied_from: list | None = None  # the stage state they came from
         super().__init__(optimizer, last_epoch)
 
     def stage_state(self, step: int | None = None) -> list[tuple[bool, float]]:
@@ -63,22 +64,39 @@ class PlanScheduler(LRScheduler):
         k = max(self.last_epoch if step is None else step, 0)
         if self._binding is None:
             return [(False, 1.0)] * len(self.optimizer.param_groups)
-        if self._state_cache is not None and self._state_cache[0] == k:
-            return self._state_cache[1]  # get_lr and _apply_stages ask for the same step
+        cache = self._state_cache
+        if cache is not None and cache[0] <= k < cache[1]:
+            return cache[2]  # no stage acts or ramps in between: the same state
         stages = self._binding.plan.stages
         steps, warmups = self._stage_steps
         states = [stage_state(g.events, stages, g.frozen, k, steps, warmups)
                   for g in self._binding.resolution.groups]
-        self._state_cache = (k, states)
+        self._state_cache = (k, self._next_change(k), states)
         return states
+
+    def _next_change(self, k: int) -> int:
+        """The first step after ``k`` at which a stage may change the state: the next stage's
+        step, or ``k + 1`` inside a stage warmup (the ramp moves every step)."""
+        steps, warmups = self._stage_steps
+        nxt = math.inf
+        for s, w in zip(steps, warmups):
+            if s <= k < s + w:
+                return k + 1
+            if s > k:
+                nxt = min(nxt, s)
+        return nxt
 
     def _apply_stages(self, force: bool = False) -> None:
         """Flip ``requires_grad`` and norm holds of the groups whose frozen state changed since
         the last call (every group when ``force``: at the start and after a resume)."""
         if self._binding is None or not self._binding.plan.stages:
             return
-        flags = [frozen for frozen, _ in self.stage_state()]
+        states = self.stage_state()
         force = force or self._applied is None
+        if not force and states is self._applied_from:
+            return  # the cached state of a quiet stretch: already applied
+        self._applied_from = states
+        flags = [frozen for frozen, _ in states]
         if not force and flags == self._applied:
             return  # away from stage boundaries a step touches no parameter
         changed = False
@@ -177,7 +195,8 @@ class PlanScheduler(LRScheduler):
         stages, group names, ``steps_per_epoch``), so a resume into another plan is refused.
         """
         state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("optimizer", "schedule", "_binding", "_stage_steps", "_state_cache", "_applied")}
+                 if k not in ("optimizer", "schedule", "_binding", "_stage_steps", "_state_cache", "_applied",
+                              "_applied_from")}
         state.update(self._fingerprint())
         state["frozen_groups"] = [i for i, (f, _) in enumerate(self.stage_state()) if f]
         return state
@@ -202,7 +221,7 @@ class PlanScheduler(LRScheduler):
         if len(saved.get("base_lrs", self.base_lrs)) != len(self.base_lrs):
             raise PlanError(f"cannot resume: the saved scheduler had {len(saved['base_lrs'])} groups; "
                             f"this optimizer has {len(self.base_lrs)}: was it built from another plan?")
-        for key in ("_state_cache", "_applied"):  # this process's own, never a saved one
+        for key in ("_state_cache", "_applied", "_applied_from"):  # this process's own, never saved
             saved.pop(key, None)
         self.__dict__.update(saved)
         self._state_cache = None
