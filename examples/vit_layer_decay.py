@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model()
     plan = make_plan(args.steps, args.warmup)
 
-    print(audit(model, plan).to_table())
+    print(audit(model, plan).to_table(width=None))  # full names: no wrapping to 120 columns
     optimizer = plan.optimizer(model)
     scheduler = plan.scheduler(optimizer)  # the schedule counts steps: step() every iteration
 

@@ -149,10 +149,10 @@ def _vit_layers(model: nn.Module) -> dict[str, int]:
     return group_parameters(model, model.group_matcher(coarse=False), reverse=True)
 
 
-def _audit_rows(lines: list[str], header: list[str]) -> dict[str, dict[str, str]]:
+def _audit_rows(lines: list[str], title: list[str], header: list[str]) -> dict[str, dict[str, str]]:
     """The audit's parameter table (tabulate "simple") as {name: {column: cell}}; columns are
     cut at the dashes under the header, so empty cells (a weight no rule touched) stay empty."""
-    top = next(i for i, line in enumerate(lines) if line.split() == header)
+    top = next(i for i, line in enumerate(lines) if line.split() == title)
     dashes = lines[top + 1]
     spans, start = [], 0
     for part in dashes.split("  "):
@@ -176,18 +176,20 @@ def test_vit_layer_decay_runs():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     rows = [line.split() for line in lines]
-    header = list(COLUMNS + LAYER_COLUMNS)
-    assert header in rows  # the audit's header row, with the layer columns
-    cells = _audit_rows(lines, header)
+    title = ["name", "shape", "numel", "module", "group", "base", "lr", "lr@step0", "wd", "trainable",
+             "rules", "layer", "lr_scale"]
+    assert title in rows  # the audit's header row, with the layer columns
+    cells = _audit_rows(lines, title, list(COLUMNS + LAYER_COLUMNS))
     assert len(cells) == 152
     blocks11 = [n for n in cells if n.startswith("blocks.11.")]
     assert len(blocks11) == 12
     for name in blocks11:
-        assert (cells[name]["layer"], cells[name]["lr_scale"], cells[name]["lr"]) == ("12", "0.75", "0.00075")
+        assert (cells[name]["layer"], cells[name]["lr_scale"], cells[name]["base_lr"]) == ("12", "0.75", "0.00075")
+        assert cells[name]["lr"] == "7.5e-07"  # at step 0 the warmup starts at 1/1000 of the LR
     assert cells["blocks.11.attn.qkv.weight"]["weight_decay"] == "0.05"
     assert cells["blocks.11.attn.qkv.bias"]["weight_decay"] == "0"
     assert (cells["norm.weight"]["layer"], cells["norm.weight"]["lr_scale"]) == ("12", "0.75")  # as timm
-    assert (cells["head.weight"]["layer"], cells["head.weight"]["lr_scale"], cells["head.weight"]["lr"]) == (
+    assert (cells["head.weight"]["layer"], cells["head.weight"]["lr_scale"], cells["head.weight"]["base_lr"]) == (
         "13", "1", "0.001")
     assert (cells["blocks.0.mlp.fc1.weight"]["layer"], cells["blocks.0.mlp.fc1.weight"]["lr_scale"]) == (
         "1", f"{0.75 ** 12:g}")
