@@ -1,0 +1,116 @@
+"""The language-model recipes: examples/plans/*.yaml on tiny Llamas, the LoRA example, and
+mixture-of-experts models (fused expert tensors, routers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from paramgroups import Plan, Rule
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+PLANS = ROOT / "examples" / "plans"
+LORA_EXAMPLE = ROOT / "examples" / "lora_llama.py"
+
+
+def llama(layers: int = 2, device: str = "meta") -> torch.nn.Module:
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=layers, num_attention_heads=2,
+                                      num_key_value_heads=1, max_position_embeddings=32)
+    with torch.device(device):
+        return transformers.LlamaForCausalLM(config)
+
+
+def settings(plan: Plan, model: torch.nn.Module) -> dict[str, tuple[float, float, bool]]:
+    """name -> (lr, weight decay, frozen) at step 0."""
+    return {a.record.name: (a.lr, a.weight_decay, a.frozen) for a in plan.resolve(model).assignments}
+
+
+def is_no_decay(name: str) -> bool:
+    return name.endswith("norm.weight") or name == "model.embed_tokens.weight"
+
+
+def test_full_finetune_lm() -> None:
+    plan = Plan.load(PLANS / "full_finetune_lm.yaml")
+    got = settings(plan, llama(2))
+    assert len(got) == 21
+    for name, (lr, wd, frozen) in got.items():
+        assert not frozen, name
+        assert lr == pytest.approx(2e-6 if name == "model.embed_tokens.weight" else 2e-5), name
+        assert wd == (0.0 if is_no_decay(name) else 0.1), name
+    assert got["lm_head.weight"] == (pytest.approx(2e-5), 0.1, False)
+    assert got["model.layers.1.mlp.down_proj.weight"] == (pytest.approx(2e-5), 0.1, False)
+    assert got["model.norm.weight"] == (pytest.approx(2e-5), 0.0, False)
+
+
+@pytest.mark.parametrize("layers", [2, 4])
+def test_last_n_layers(layers: int) -> None:
+    plan = Plan.load(PLANS / "last_n_layers.yaml")
+    got = settings(plan, llama(layers))
+    top = (f"model.layers.{layers - 2}.", f"model.layers.{layers - 1}.", "model.norm.", "lm_head.")
+    trainable = {n for n, (_, _, frozen) in got.items() if not frozen}
+    assert trainable == {n for n in got if n.startswith(top)}
+    assert len(trainable) == 2 * 9 + 2
+    if layers == 4:
+        assert "model.layers.1.self_attn.q_proj.weight" not in trainable
+        assert "model.layers.2.self_attn.q_proj.weight" in trainable
+    assert "model.embed_tokens.weight" not in trainable
+    for name, (lr, wd, _) in got.items():
+        assert lr == pytest.approx(1e-5) and wd == (0.0 if is_no_decay(name) else 0.01), name
+
+
+def test_staged_unfreeze_lm() -> None:
+    plan = Plan.load(PLANS / "staged_unfreeze_lm.yaml")
+    model = llama(4)
+    res = plan.resolve(model)
+    names = [a.record.name for a in res.assignments]
+
+    def trainable(epoch: float) -> set[str]:
+        return {n for n, by in zip(names, plan.frozen_by_at(res, epoch)) if by is None}
+
+    head = {"model.norm.weight", "lm_head.weight"}
+    layer = lambda i: {n for n in names if n.startswith(f"model.layers.{i}.")}  # noqa: E731
+    assert trainable(0) == head
+    assert trainable(1) == head | layer(2) | layer(3)
+    assert trainable(2) == head | layer(0) | layer(1) | layer(2) | layer(3)
+    assert trainable(3) == set(names)
+    for a in res.assignments:
+        assert a.lr == pytest.approx(1e-5)
+        assert a.weight_decay == (0.0 if is_no_decay(a.record.name) else 0.01), a.record.name
+
+
+def test_loraplus_plan_on_peft_llama() -> None:
+    model = peft.get_peft_model(llama(2, "cpu"), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    plan = Plan.load(PLANS / "loraplus.yaml")
+    got = settings(plan, model)
+    lora = {n for n in got if ".lora_" in n}
+    assert len(lora) == 8
+    assert {n for n, (_, _, frozen) in got.items() if not frozen} == lora  # the base stays as peft froze it
+    for name in lora:
+        lr, wd, _ = got[name]
+        assert lr == pytest.approx(3.2e-3 if ".lora_B." in name else 2e-4) and wd == 0.01, name
+    optimizer = plan.optimizer(model)
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    named = {a.record.name: a.record.param for a in plan.resolve(model).assignments}
+    assert {n for n, p in named.items() if id(p) in in_optimizer} == lora  # peft's frozen base: not in it
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".lora_" not in n)
+
+
+@pytest.mark.slow  # runs the example script in a subprocess
+def test_lora_llama_example_runs() -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(LORA_EXAMPLE), "--steps", "3"], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2:] == ["base unchanged: yes", "adapters moved: yes"]
+    assert "frozen base parameters: 21, adapter parameters: 8" in lines
+    assert "model.layers.0.self_attn.q_proj.lora_B.default.weight" in proc.stdout
