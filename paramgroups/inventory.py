@@ -239,10 +239,16 @@ def no_decay_matcher(model: nn.Module) -> Callable[[str], bool]:
 
 def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, name: str,
            no_decay: Callable[[str], bool]) -> frozenset[str]:
-    end = "bias" if leaf.endswith("bias") else "weight" if leaf.endswith("weight") else ""
+    """Kinds by the leaf name (``*bias``, ``*weight``), the owner's class and the shape. A matrix
+    or higher (ndim >= 2) of a module that is neither a norm nor an embedding is a ``weight``
+    whatever its name: fused mixture-of-experts tensors (transformers 5's Mixtral/Qwen-MoE
+    ``experts.gate_up_proj``, ``experts.down_proj``) decay and are selected like any weight."""
     cls = type(module)
-    return _kind_set(end, _is_norm_class(cls), issubclass(cls, (nn.Embedding, nn.EmbeddingBag)) or no_decay(name),
-                     param.ndim <= 1)
+    norm = _is_norm_class(cls)
+    embedding = issubclass(cls, (nn.Embedding, nn.EmbeddingBag)) or no_decay(name)
+    end = ("bias" if leaf.endswith("bias") else "weight" if leaf.endswith("weight")
+           or (param.ndim >= 2 and not norm and not embedding) else "")
+    return _kind_set(end, norm, embedding, param.ndim <= 1)
 
 
 @lru_cache(maxsize=None)

@@ -114,3 +114,49 @@ def test_lora_llama_example_runs() -> None:
     assert lines[-2:] == ["base unchanged: yes", "adapters moved: yes"]
     assert "frozen base parameters: 21, adapter parameters: 8" in lines
     assert "model.layers.0.self_attn.q_proj.lora_B.default.weight" in proc.stdout
+
+
+def mixtral(layers: int = 2) -> torch.nn.Module:
+    config = transformers.MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                                        num_local_experts=4, num_experts_per_tok=2)
+    with torch.device("meta"):
+        return transformers.MixtralForCausalLM(config)
+
+
+def test_fused_moe_experts_are_weights() -> None:
+    from paramgroups.inventory import inventory
+
+    recs = {r.name: r for r in inventory(mixtral())}
+    assert recs["model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 64, 16)
+    for name in ("model.layers.0.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj"):
+        assert recs[name].kinds == frozenset({"weight"}), name
+    assert recs["model.layers.0.mlp.gate.weight"].kinds == frozenset({"weight"})  # the router
+    assert recs["model.layers.0.mlp.gate.weight"].module_class == "MixtralTopKRouter"
+    assert recs["model.embed_tokens.weight"].kinds == frozenset({"weight", "embedding"})
+    assert recs["model.norm.weight"].kinds == frozenset({"weight", "norm", "ndim<=1"})
+
+
+def test_rule_freezes_exactly_the_moe_routers() -> None:
+    model = mixtral()
+    plan = Plan([Rule("**.mlp.gate", freeze=True)], lr=1e-4, optimizer="adamw")
+    got = settings(plan, model)
+    assert {n for n, (_, _, frozen) in got.items() if frozen} == {
+        "model.layers.0.mlp.gate.weight", "model.layers.1.mlp.gate.weight"}
+    by_class = Plan([Rule(within="MixtralTopKRouter", freeze=True)], lr=1e-4, optimizer="adamw")
+    assert settings(by_class, model) == got
+
+
+def test_no_decay_leaves_fused_experts_decayed() -> None:
+    plan = Plan([Rule("model.layers.{-1..-1}.mlp.experts", lr_mult=0.5)], lr=1e-4, weight_decay=0.1,
+                optimizer="adamw", no_decay=True)
+    got = settings(plan, mixtral())
+    assert got["model.layers.0.mlp.experts.gate_up_proj"] == (pytest.approx(1e-4), 0.1, False)
+    assert got["model.layers.0.mlp.experts.down_proj"] == (pytest.approx(1e-4), 0.1, False)
+    # one LR for all the experts of a layer: the fused tensor is one parameter
+    assert got["model.layers.1.mlp.experts.gate_up_proj"] == (pytest.approx(5e-5), 0.1, False)
+    assert got["model.layers.1.mlp.experts.down_proj"] == (pytest.approx(5e-5), 0.1, False)
+    assert got["model.layers.1.mlp.gate.weight"] == (pytest.approx(1e-4), 0.1, False)
+    assert got["model.norm.weight"][1] == 0.0 and got["model.embed_tokens.weight"][1] == 0.0
+    weights = Plan([Rule(kinds=["weight"], lr_mult=2.0)], lr=1e-4, optimizer="adamw")
+    assert settings(weights, mixtral())["model.layers.0.mlp.experts.down_proj"][0] == pytest.approx(2e-4)

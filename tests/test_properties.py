@@ -231,6 +231,8 @@ class RefParam:
             kinds.add("embedding")
         if self.param.ndim <= 1:
             kinds.add("ndim<=1")
+        if self.param.ndim >= 2 and leaf != "bias" and not kinds & {"norm", "embedding"}:
+            kinds.add("weight")  # a matrix (or more) of a plain module is a weight whatever its name
         return kinds
 
     def classes(self) -> list[str]:
