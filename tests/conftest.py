@@ -84,3 +84,48 @@ def resnet18_meta() -> nn.Module:
 
     with torch.device("meta"):
         return torchvision.models.resnet18(weights=None)
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list[tuple]:
+    """Block every way to the network for one test; return the list of attempts."""
+    import socket
+
+    attempts: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network blocked by test")
+
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"),
+                        (socket, "create_connection"), (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, name, refuse)
+    return attempts
+
+
+@pytest.fixture
+def no_network(network_attempts):
+    """The network is blocked, and the test fails on any attempt, even one the code caught."""
+    yield
+    assert network_attempts == [], f"network access attempted: {network_attempts[:3]}"
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` as a module (tests reuse its checks); the folder is on
+    sys.path only while the script loads (its own helpers, ``_util``, import from there)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the script look their module up
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module

@@ -8,7 +8,6 @@ download attempt fails the test even where a cached copy exists.
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
@@ -27,20 +26,10 @@ FAST = ["ssdlite320_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "keypointr
 
 
 @pytest.fixture
-def offline(monkeypatch, tmp_path):
-    """Block every way to the network; return the list of attempts (and the hub folder)."""
-    attempts: list[tuple] = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise OSError("network blocked by test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+def offline(network_attempts, monkeypatch, tmp_path):
+    """The network blocked (conftest); return the list of attempts and the hub folder."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    return attempts, tmp_path / "torch_home"
+    return network_attempts, tmp_path / "torch_home"
 
 
 def _builds_offline(name: str, offline) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import load_benchmark
 from paramgroups import Plan, audit
 
 timm = pytest.importorskip("timm")
 
-LR, WD, DECAY = 1e-3, 0.05, 0.75
+parity = load_benchmark("timm_parity")  # the zoo sweep's own check, on a sample
+LR, WD, DECAY, build = parity.LR, parity.WD, parity.DECAY, parity.build
 
 # Diverse families; the first line differed from timm before: a wildcard no_weight_decay()
 # (xcit: 'pos_embed.*' covers a conv), built-in token names on a timm model that declares
@@ -34,35 +36,8 @@ SAMPLE = [
 ]
 
 
-def build(name: str) -> torch.nn.Module:
-    with torch.device("meta"):
-        return timm.create_model(name, pretrained=False)
-
-
-def timm_settings(model: torch.nn.Module) -> tuple[dict[int, tuple[float, float]], dict[int, float]]:
-    from timm.optim import create_optimizer_v2, param_groups_weight_decay
-
-    opt = create_optimizer_v2(model, "adamw", lr=LR, weight_decay=WD, layer_decay=DECAY)
-    layered = {id(p): (g["lr"] * g["lr_scale"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
-    declared = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    plain = {id(p): g["weight_decay"] for g in param_groups_weight_decay(
-        model, WD, no_weight_decay_list=declared) for p in g["params"]}
-    return layered, plain
-
-
-def plan_settings(model: torch.nn.Module, **layers: float) -> dict[int, tuple[float, float]]:
-    plan = Plan(lr=LR, weight_decay=WD, optimizer="adamw", no_decay=True, **layers)
-    return {id(p): (g["lr"], g["weight_decay"]) for g in plan.param_groups(model) for p in g["params"]}
-
-
 def assert_parity(name: str) -> None:
-    model = build(name)
-    names = {id(p): n for n, p in model.named_parameters()}
-    layered, plain = timm_settings(model)
-    got = plan_settings(model, layer_decay=DECAY)
-    assert {names[i]: got.get(i) for i in layered} == {names[i]: v for i, v in layered.items()}
-    got = plan_settings(model)
-    assert {names[i]: got.get(i)[1] for i in plain} == {names[i]: v for i, v in plain.items()}
+    assert parity.mismatches(parity.build(name)) == []
 
 
 @pytest.mark.parametrize("name", SAMPLE)

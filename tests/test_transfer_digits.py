@@ -3,30 +3,20 @@ variant, its plan files, its data split, and what each plan does to the pre-trai
 
 from __future__ import annotations
 
-import importlib
-import socket
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import load_benchmark
+
 pytest.importorskip("sklearn")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-td = importlib.import_module("transfer_digits")
+td = load_benchmark("transfer_digits")
 BACKBONE = ("block1", "block2", "block3")
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """The benchmark's data ships with scikit-learn: any connection attempt fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("the benchmark tried to open a network connection")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # conftest: any connection fails the test
 
 
 @pytest.fixture(scope="module")
