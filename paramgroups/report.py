@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -134,21 +135,48 @@ def _matching_names(pats: PatternList, rows: list[dict[str, Any]]) -> Callable[[
 
 def _fit(rows: list[list[str]], headers: list[str], tablefmt: str, widths: list[int | None],
          wrap: int, limit: int | None) -> str:
-    """A tabulate table whose column ``wrap`` (the names) wraps so the table stays within
-    ``limit`` characters, down to 16 characters for that column (``None``: no limit)."""
+    """A tabulate table whose column ``wrap`` (the names) wraps at dots and spaces so the table
+    stays within ``limit`` characters, down to 16 characters for that column (``None``: no
+    limit, no wrapping)."""
     from tabulate import tabulate
 
     widths = list(widths) if limit is not None else [None] * len(widths)
-    text = tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True, maxcolwidths=widths)
-    over = max(map(len, text.splitlines()), default=0) - (limit or 0)
-    if limit is None or over <= 0 or not rows:
-        return text
-    longest = max(len(line) for row in rows for line in str(row[wrap]).splitlines())
-    narrower = max(16, min(longest, widths[wrap] or longest) - over)
-    if narrower >= (widths[wrap] or longest):
-        return text
-    widths[wrap] = narrower  # one more pass: the other columns do not change width
-    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True, maxcolwidths=widths)
+    cap, widths[wrap] = widths[wrap], None  # that column is wrapped here, at name boundaries
+
+    def render(width: int | None) -> str:
+        cells = rows if width is None else [[*r[:wrap], _wrap_name(r[wrap], width), *r[wrap + 1:]]
+                                            for r in rows]
+        return tabulate(cells, headers=headers, tablefmt=tablefmt, disable_numparse=True,
+                        maxcolwidths=widths)
+
+    width = cap
+    for _ in range(3):  # wrapping at boundaries may land short of the width asked for
+        text = render(width)
+        over = max(map(len, text.splitlines()), default=0) - (limit or 0)
+        if limit is None or not rows or over <= 0:
+            return text
+        now = max(len(line) for r in rows for line in
+                  (_wrap_name(r[wrap], width) if width else str(r[wrap])).splitlines())
+        if now <= 16:
+            return text
+        width = max(16, now - over)
+    return render(width)
+
+
+def _wrap_name(text: str, width: int) -> str:
+    """``text`` in lines of at most ``width``, broken after dots, commas and spaces (inside a
+    segment only when one segment alone is wider)."""
+    lines, line = [], ""
+    for piece in re.split(r"(?<=[., ])", text):
+        if line and len(line) + len(piece) > width:
+            lines.append(line)
+            line = ""
+        while len(piece) > width:
+            lines.append(piece[:width])
+            piece = piece[width:]
+        line += piece
+    lines.append(line)
+    return "\n".join(x.rstrip() for x in lines if x.strip())
 
 
 def percent(part: int, whole: int) -> str:
