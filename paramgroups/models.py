@@ -425,7 +425,9 @@ def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool 
     records = inventory(model)
     covers, index = name_table(records)
     out = []
-    for i, rule in enumerate(plan.all_rules):
+    rules = plan.all_rules
+    texts = plan.rule_texts(rules)
+    for i, rule in enumerate(rules):
         if rule.modules is None and rule.within is None and rule.kinds is None:
             continue
         if freezing_only and rule.freeze is None and (
@@ -434,7 +436,7 @@ def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool 
         doubt = next(filter(None, (_doubt(rule, records[k]) for k in
                                    Rule(rule.match).select(records, covers, index))), None)
         if doubt is not None:
-            where = rule.where(i) if i < len(plan.rules) else plan._rule_texts()[i][0]  # loraplus, no_decay
+            where = rule.where(i) if i < len(plan.rules) else texts[i][0]  # loraplus, no_decay
             by = " and ".join(f"{f} {getattr(rule, f)!r}" for f in ("modules", "within", "kinds")
                               if getattr(rule, f) is not None)
             out.append(f"{where}: selects by {by}, which a checkpoint cannot tell ({doubt})")

@@ -353,7 +353,8 @@ class Plan:
         if self.layer_decay is not None:
             layers = layer_ids(model, records, self.layers, covers, index)
             scales = layer_scales(layers, self.layer_decay)
-        res = resolve(records, self.all_rules, base_lr=self.base_lr, base_weight_decay=self.weight_decay,
+        rules = self.all_rules
+        res = resolve(records, rules, base_lr=self.base_lr, base_weight_decay=self.weight_decay,
                       strict=strict, layers=layers, scales=scales, covers=covers, index=index)
         # norm_trainable overrides the plan's own freezing, never the model's (a PEFT base norm)
         keep = [self.norm_trainable and "norm" in a.record.kinds and a.record.is_float
@@ -365,7 +366,7 @@ class Plan:
                 at_zero = [i for i, _ in ev if self.stages[i].when == 0]
                 a.frozen_by = f"stage {at_zero[-1]}" if fr and at_zero else None
             a.events, a.frozen = ev, fr
-        res.groups = build_groups(res.assignments, self._rule_texts(), self._stage_texts())
+        res.groups = build_groups(res.assignments, self.rule_texts(rules), self._stage_texts())
         check_group_lrs(self.schedule or Schedule(), self.base_lr, [
             (g.name, g.lr, [self.stages[i].lr_mult for i, act in g.events if act == "thaw"])
             for g in res.groups])
@@ -376,9 +377,12 @@ class Plan:
                                      f"weight_decay, but the plan gives {wd[0]:g}")
         return res
 
-    def _rule_texts(self) -> list[tuple[str, bool]]:
-        texts = [rule_text(r) for r in self.rules] + [("loraplus", False)] * len(self._loraplus_rules())
-        return texts + [("no_decay", False)] if self.no_decay else texts
+    def rule_texts(self, rules: Sequence[Rule]) -> list[tuple[str, bool]]:
+        """Short names of ``rules`` (``self.all_rules``) for group names and messages: each rule's
+        own (:func:`rules.rule_text`), then ``loraplus`` and ``no_decay`` for the shorthands'."""
+        loraplus = len(rules) - len(self.rules) - self.no_decay
+        shorthand = ["loraplus"] * loraplus + ["no_decay"] * self.no_decay
+        return [rule_text(r) for r in self.rules] + [(name, False) for name in shorthand]
 
     def _stage_texts(self) -> list[tuple[str, str]]:
         out = []

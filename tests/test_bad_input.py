@@ -265,7 +265,7 @@ def test_diff_refuses_freezing_it_cannot_decide_and_takes_model(capsys, tmp_path
                    f"checkpoint cannot tell (is 'emb.weight' an embedding?): pass --model NAME, the "
                    f"model the checkpoints were saved from\n")
     after = tmp_path / "after.pt"
-    state = torch.load(tiny_ckpt)
+    state = torch.load(tiny_ckpt, weights_only=True)
     state["emb.weight"] += 1
     torch.save(state, after)
     code, out, err = run(capsys, "diff", tiny_ckpt, after, "--rules", plan, "--model", "badinput_factories:tiny")
