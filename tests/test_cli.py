@@ -1,5 +1,6 @@
 """The command line, mostly in-process through ``main`` and capsys: outputs, exit codes and
-one-line errors; two subprocesses check the console script and ``python -m paramgroups``."""
+one-line errors; subprocesses check the console script, ``python -m paramgroups`` and a source
+checkout run with no install."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import os
 import random
 import re
+import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -466,3 +469,24 @@ def test_python_m_inspect_json():
     assert (proc.returncode, proc.stderr) == (0, "")
     data = json.loads(proc.stdout)
     assert (len(data["parameters"]), data["totals"]["numel"]) == (62, RESNET18_NUMEL)
+
+
+def test_source_checkout_runs_without_install(tmp_path):
+    """From a copy of the repository root with no install, ``python -m paramgroups`` and
+    ``import paramgroups.cli.main`` load the copy's own files (``cli/`` beside the package)."""
+    root = Path(__file__).resolve().parents[1]
+    for folder in ("paramgroups", "cli"):
+        shutil.copytree(root / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    # -S: no site processing, so no .pth file installs this checkout (editable) into the run;
+    # the dependencies still import from this interpreter's site-packages, after the copy.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *site.getsitepackages()])}
+    probe = "import paramgroups, paramgroups.cli.main as m; print(paramgroups.__file__); print(m.__file__)"
+    proc = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.split() == [str(tmp_path / "paramgroups" / "__init__.py"),
+                                   str(tmp_path / "cli" / "main.py")]
+    proc = subprocess.run([sys.executable, "-S", "-m", "paramgroups", "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.startswith("Usage: paramgroups")
