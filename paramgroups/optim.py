@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 from functools import lru_cache
@@ -11,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import OptimizerError
-from .values import describe, is_finite_number
+from .values import describe, did_you_mean, is_finite_number
 
 # Per-parameter state tensors, as multiples of the parameter's size, by optimizer class name.
 _STATE: dict[str, Callable[[dict[str, Any]], int]] = {
@@ -26,6 +25,7 @@ _STATE: dict[str, Callable[[dict[str, Any]], int]] = {
     "ASGD": lambda o: 1,
     "Rprop": lambda o: 2,
     "SparseAdam": lambda o: 2,
+    "Muon": lambda o: 1,  # its momentum buffer
     "RMSprop": lambda o: 1 + bool(o.get("momentum", 0)) + bool(o.get("centered")),
 }
 
@@ -53,8 +53,8 @@ def optimizer_class(spec: str | type) -> type:
     known = _torch_optimizers()
     cls = known.get(spec.lower())
     if cls is None:
-        close = difflib.get_close_matches(spec.lower(), known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; torch.optim has {', '.join(sorted(known))}"
+        close = did_you_mean(spec.lower(), known, n=3)
+        hint = f"; {close}" if close else f"; torch.optim has {', '.join(sorted(known))}"
         raise OptimizerError(f"unknown optimizer {spec!r}{hint}")
     return cls
 
@@ -78,8 +78,8 @@ def _timm_optimizer(name: str) -> type:
         raise OptimizerError(f"timm optimizers need timm: {exc}") from None
     names = list_optimizers()
     if name.lower() not in names:
-        close = difflib.get_close_matches(name.lower(), names, n=3)
-        raise OptimizerError(f"unknown timm optimizer {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+        close = did_you_mean(name.lower(), names, n=3)
+        raise OptimizerError(f"unknown timm optimizer {name!r}" + (f"; {close}" if close else ""))
     cls = get_optimizer_class(name.lower(), bind_defaults=False)
     if not inspect.isclass(cls):  # pragma: no cover - timm returns classes when unbound
         raise OptimizerError(f"timm optimizer {name!r} is not a class")
@@ -104,15 +104,6 @@ def accepted_options(cls: type) -> tuple[dict[str, Any], bool]:
 def takes(cls: type, option: str) -> bool:
     options, var_kw = accepted_options(cls)
     return option in options or var_kw
-
-
-def check_option(cls: type, option: str) -> None:
-    """Raise :class:`OptimizerError` unless ``cls`` takes ``option``."""
-    if not takes(cls, option):
-        options, _ = accepted_options(cls)
-        close = difflib.get_close_matches(option, options, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f" (it takes: {', '.join(options)})"
-        raise OptimizerError(f"optimizer {cls.__name__} does not take option {option!r}{hint}")
 
 
 def check_option_value(cls: type, option: str, value: Any) -> Any:
@@ -166,11 +157,13 @@ def state_multiplier(cls: type, options: dict[str, Any]) -> int | None:
 def implementation(cls: type, options: dict[str, Any], records: list) -> dict[str, bool]:
     """``fused=True`` where ``cls`` has a fused kernel for the parameters' device, else
     ``foreach=True``: the fused step is the fastest torch has (AdamW on ResNet-50's groups on
-    the CPU: 10x foreach).
+    the CPU: 10x foreach). With several optimizers, ask once per optimizer with the records
+    routed to it (Muon takes neither option in torch 2.14: nothing is chosen for it).
 
     On CUDA any class taking ``fused`` counts; on the CPU only torch's own classes (Adam,
     AdamW, SGD, Adagrad in torch 2.14) whose kernels torch lists for the CPU, and only for real
-    floating-point parameters (fused kernels refuse complex ones and ``differentiable``). Nothing is chosen when the
+    floating-point parameters with dense gradients (fused kernels refuse complex ones, sparse
+    gradients and ``differentiable``). Nothing is chosen when the
     plan sets ``fused`` or ``foreach`` itself, or for parameters on other devices (MPS, ...),
     where torch's own default stands. Parameters on the meta device (an audit of a model never
     allocated) count as being on the device training will use: CUDA when this machine has it,
@@ -182,7 +175,7 @@ def implementation(cls: type, options: dict[str, Any], records: list) -> dict[st
     floats = [r for r in records if r.is_float]
     devices = {train_on if r.device.type == "meta" else r.device.type for r in floats}
     if len(devices) == 1 and _fused_on(cls, next(iter(devices))) and not options.get(
-            "differentiable") and not any(r.dtype.is_complex for r in floats):
+            "differentiable") and not any(r.dtype.is_complex or sparse_grad(r) for r in floats):
         return {"fused": True}
     if devices <= {"cuda", "cpu"} and devices and "foreach" in accepted_options(cls)[0]:
         return {"foreach": True}
@@ -203,3 +196,56 @@ def _fused_on(cls: type, device: str) -> bool:
 
 # torch.optim classes whose ``fused=True`` runs on the CPU (torch >= 2.4)
 _FUSED_CPU = frozenset({"Adam", "AdamW", "SGD", "Adagrad"})
+
+
+# torch.optim classes whose step takes sparse gradients (the others raise at their first step)
+_SPARSE_OK = frozenset({"SGD", "Adagrad", "SparseAdam", "LBFGS"})
+
+
+def sparse_grad(record: Any) -> bool:
+    """Whether the parameter gets sparse gradients: the weight of an ``nn.Embedding`` or
+    ``nn.EmbeddingBag`` built with ``sparse=True``."""
+    owner = record.owner
+    return (isinstance(owner, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and owner.sparse
+            and record.param is owner.weight)
+
+
+def _torch_base(cls: type) -> str | None:
+    """The name of the first torch.optim class in ``cls``'s MRO (``cls`` or a base it extends)."""
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch.optim") and klass is not torch.optim.Optimizer:
+            return klass.__name__
+    return None
+
+
+def unroutable(cls: type, record: Any) -> str | None:
+    """Why the parameter ``record`` (an inventory ParamRecord) cannot be stepped by optimizer
+    class ``cls``, or None when it can (or when ``cls`` is not torch's, which paramgroups cannot
+    know). torch refuses these only at the first step, or, for Muon, when it is built:
+
+    - Muon takes only real 2-D parameters (it orthogonalizes each update as a matrix);
+    - SparseAdam takes only parameters with sparse gradients (see :func:`sparse_grad`);
+    - a parameter with sparse gradients goes only to SGD, Adagrad, SparseAdam or LBFGS.
+    """
+    base = _torch_base(cls)
+    if base is None:
+        return None
+    what = f"{record.name} (shape {list(record.shape)})"
+    sparse = sparse_grad(record)
+    if base == "Muon":
+        if len(record.shape) != 2:
+            return (f"{what} cannot go to {cls.__name__}: Muon takes only 2-D parameters; send "
+                    f"it to another optimizer (e.g. adamw), or route only matrices to Muon "
+                    f"(kinds: matrix)")
+        if record.dtype.is_complex:
+            return (f"{what} cannot go to {cls.__name__}: Muon does not take complex "
+                    f"parameters; send it to another optimizer (e.g. adamw)")
+    if base == "SparseAdam" and not sparse:
+        return (f"{what} cannot go to {cls.__name__}: SparseAdam takes only parameters with "
+                f"sparse gradients (nn.Embedding or nn.EmbeddingBag with sparse=True); send it "
+                f"to another optimizer (e.g. adamw)")
+    if sparse and base not in _SPARSE_OK:
+        return (f"{what} has sparse gradients ({type(record.owner).__name__} with sparse=True) "
+                f"and {cls.__name__} does not take them; send it to sparseadam, sgd or adagrad, "
+                f"or build the embedding with sparse=False")
+    return None
