@@ -99,16 +99,24 @@ def _json_kind(path: Path) -> str | None:
 
 
 def _read_json(path: Path, quiet: bool = False) -> Any:
+    """The JSON in ``path``; a file that cannot be read, is over 16 MiB or is not JSON gives
+    ``None`` when ``quiet``, else a ModelError saying why."""
     try:
         with path.open("rb") as f:
             raw = f.read(_MAX_JSON + 1)
+    except OSError as exc:
+        problem = str(exc)
+    else:
         if len(raw) > _MAX_JSON:
-            raise ValueError("larger than 16 MiB")
-        return json.loads(raw)
-    except (OSError, ValueError) as exc:
-        if quiet:
-            return None
-        raise ModelError(f"{path}: cannot read ({exc})") from None
+            problem = "larger than 16 MiB"
+        else:
+            try:
+                return json.loads(raw)
+            except (ValueError, RecursionError) as exc:  # also bad UTF-8, and nesting too deep
+                problem = str(exc)
+    if quiet:
+        return None
+    raise ModelError(f"{path}: cannot read ({problem})")
 
 
 def _type_config(model_type: str, overrides: dict[str, Any]) -> PretrainedConfig:

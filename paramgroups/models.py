@@ -7,7 +7,6 @@ and timm are imported only when a name needs them: each costs seconds.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import pickle
@@ -22,6 +21,7 @@ from torch.nn.parameter import is_lazy
 
 from .errors import ModelError
 from .inventory import canonical_name, saved_ddp_prefixes
+from .values import did_you_mean
 
 if TYPE_CHECKING:
     from .inventory import ParamRecord
@@ -219,8 +219,9 @@ def _factory(module_name: str, attr: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _close(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
+    """``; did you mean a, b?`` (up to three names close to ``name``) to end a message, or ``""``."""
+    close = did_you_mean(name, names, n=3)
+    return f"; {close}" if close else ""
 
 
 def list_models(text: str | None = None) -> list[str]:

@@ -17,7 +17,6 @@ transformers = pytest.importorskip("transformers", reason="transformers is an op
 
 from safetensors import safe_open  # noqa: E402
 
-from paramgroups.errors import ModelError  # noqa: E402
 from paramgroups.hf_models import parse_config_overrides  # noqa: E402
 from paramgroups.models import build_model  # noqa: E402
 
@@ -213,6 +212,17 @@ def test_config_values_are_json_scalars_or_strings():
 def test_bad_hf_input_is_one_line_exit_2(capsys, args, says):
     err = one_line_error(*run(capsys, "inspect", *args))
     assert err.startswith(f"paramgroups: error: {says}"), err
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[" * 200_000, "cannot read (maximum recursion depth exceeded"),  # json.loads's RecursionError
+    ("{model_type: gpt2}", "cannot read (Expecting property name enclosed in double quotes"),
+    (" " * 2**24 + "{}", "cannot read (larger than 16 MiB)"),
+])
+def test_unreadable_config_json_is_one_line_exit_2(capsys, tmp_path, text, says):
+    (tmp_path / "config.json").write_text(text)
+    err = one_line_error(*run(capsys, "inspect", tmp_path))
+    assert err.startswith(f"paramgroups: error: {tmp_path / 'config.json'}: {says}"), err
 
 
 @pytest.mark.slow
