@@ -18,6 +18,8 @@ import pytest
 import torch
 import yaml
 
+from paramgroups import audit
+
 from conftest import run_cli as run
 
 RESNET18_NUMEL = 11_689_512
@@ -163,6 +165,12 @@ def test_inspect_depth_1(capsys, expected):
     assert rows == list(sums.items())
     assert [r[0] for r in rows] == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4", "fc"]
     assert sum(n for _, n in rows) == RESNET18_NUMEL
+
+
+def test_collapsed_rows_have_no_single_shape(resnet18_meta):
+    rows = {r["name"]: r for r in audit(resnet18_meta).collapse(1).parameters}  # the rows --depth 1 prints
+    assert rows["bn1"]["shape"] == "mixed" and rows["bn1"]["numel"] == 128
+    assert rows["conv1"]["shape"] == [64, 3, 7, 7]
 
 
 def test_inspect_num_classes_optimizer_lr(capsys):
@@ -387,6 +395,8 @@ BAD = [  # id, argv, files to write (str text, bytes, or None for a directory), 
     ("bad-expect-regex", ("check", "resnet18", "--expect-frozen", "re:("), {}, ["invalid regex '('"]),
     ("check-unknown-model", ("check", "resnet181"), {}, ["unknown model 'resnet181'"]),
     ("bad-device", ("inspect", "resnet18", "--device", "bogus"), {}, ["invalid device 'bogus'"]),
+    ("at-inf", ("inspect", "resnet18", "--at", "inf"), {}, ["finite"]),
+    ("at-nan", ("inspect", "resnet18", "--at", "nan"), {}, ["finite"]),
 ]
 
 
@@ -438,6 +448,14 @@ def test_unreadable_rules_file(capsys, tmp_path):
         loop = tmp_path / "loop.yaml"
         loop.symlink_to(loop)
         assert_one_line_error(*run(capsys, *R, str(loop)), "loop.yaml: cannot read")
+
+
+def test_cli_overrides_are_named_in_errors(capsys, tmp_path):
+    (tmp_path / "a.yaml").write_text("optimizer: sgd\nlr: 0.1\n")
+    code, _, err = run(capsys, "inspect", "resnet18", "--rules", tmp_path / "a.yaml", "--lr", "-1")
+    assert code == 2 and err.startswith("paramgroups: error: --lr: lr must be a finite number >= 0")
+    code, _, err = run(capsys, "inspect", "resnet18", "--rules", tmp_path / "a.yaml", "--optimizer", "adamw2")
+    assert code == 2 and err.startswith("paramgroups: error: --optimizer: unknown optimizer 'adamw2'")
 
 
 def test_debug_shows_traceback(capsys):

@@ -131,3 +131,10 @@ def test_transformers_helper_needs_steps_for_epoch_schedules():
 
     with pytest.raises(PlanError, match="steps the scheduler every optimizer step: give steps_per_epoch"):
         optimizers(Plan(schedule=Schedule("cosine", total=3)), stagenet.Net())
+
+
+def test_huggingface_helper_refuses_an_epoch_warmup_without_steps_per_epoch():
+    from paramgroups.integrations.huggingface import optimizers
+
+    with pytest.raises(PlanError, match="give steps_per_epoch"):
+        optimizers(Plan(lr=0.1, schedule=Schedule("constant", warmup=2)), stagenet.Net())

@@ -1,10 +1,12 @@
-"""Norm layers known by what they are, held statistics of norms without parameters, wrappers
-known by their class, and names with characters that are glob syntax."""
+"""Norm layers known by what they are, held statistics of norms (without parameters, and
+through pickling and copies), wrappers known by their class, and names with characters that
+are glob syntax."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import copy
+import io
+import pickle
 
 import pytest
 import torch
@@ -12,13 +14,12 @@ import yaml
 from torch import nn
 
 from paramgroups import Plan, Rule, Stage, audit
-from paramgroups.cli.main import main
 from paramgroups.inventory import inventory, is_norm, unwrap, wrapped_children
 from paramgroups.norms import held_names, is_held, sync
 from paramgroups.snapshots import snapshot
 
-sys.path.insert(0, str(Path(__file__).parent))
-from stagenet import Net  # noqa: E402
+from conftest import run_cli as run
+from stagenet import Net
 
 
 # -- which layers are norms ----------------------------------------------------------------
@@ -148,11 +149,25 @@ def test_diff_flags_moved_statistics_of_a_held_parameterless_norm(tmp_path, caps
     model.body[1].running_mean += 1.0
     torch.save(model.state_dict(), tmp_path / "b.pt")
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(Plan([Rule("stem", freeze=True)]).to_dict()))
-    code = main(["diff", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--rules", str(tmp_path / "plan.yaml")])
-    out = capsys.readouterr().out.splitlines()
+    code, out, _ = run(capsys, "diff", tmp_path / "a.pt", tmp_path / "b.pt", "--rules", tmp_path / "plan.yaml")
+    out = out.splitlines()
     assert code == 1
     assert [line.split()[0] for line in out if line.endswith("FROZEN")] == ["stem.1.running_mean"]
     assert out[-1] == "2 of 15 tensors changed; 1 frozen tensor(s) moved"
+
+
+def test_models_with_held_norms_pickle_deepcopy_and_torch_save():
+    model = Net()
+    Plan([Rule("stem", freeze=True)]).optimizer(model)
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        clone.train()
+        assert is_held(clone.stem[1]) and clone.stem[1].training is False
+        assert clone.layer1[1].training is True
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    # a whole-module pickle this test just wrote: loading one needs the full unpickler
+    assert is_held(torch.load(buf, weights_only=False).stem[1])
 
 
 # -- wrappers known by their class -----------------------------------------------------------

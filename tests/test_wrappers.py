@@ -9,6 +9,7 @@ from torch import nn
 from paramgroups import Plan, Rule, audit
 from paramgroups.errors import ModelError
 
+from conftest import run_cli as run
 from stagenet import Net
 
 PLAN = Plan([Rule("stem", freeze=True), Rule("layer{1,2}.0", lr=0.01), Rule("fc", lr=0.5),
@@ -82,10 +83,9 @@ def test_hundred_thousand_tensors_and_hundred_rules():
 def test_billion_parameter_timm_model_inspects_on_meta(capsys):
     import json
 
-    from paramgroups.cli.main import main
-
-    assert main(["inspect", "timm:vit_giant_patch14_224", "--format", "json", "--optimizer", "adamw"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    code, out, _ = run(capsys, "inspect", "timm:vit_giant_patch14_224", "--format", "json", "--optimizer", "adamw")
+    assert code == 0
+    data = json.loads(out)
     assert data["totals"]["numel"] == 1_012_611_432 and len(data["parameters"]) == 488
     assert data["totals"]["optimizer_state_bytes"] == 8 * 1_012_611_432
     from paramgroups.models import build_model
@@ -107,9 +107,8 @@ def test_a_users_own_module_called_module_keeps_its_name():
 
 
 def test_ddp_state_dict_files_drop_the_module_prefix(tmp_path, capsys):
-    from paramgroups.cli.main import main
-
     torch.save({f"module.{k}": v for k, v in Net().state_dict().items()}, tmp_path / "ddp.pt")
-    assert main(["inspect", str(tmp_path / "ddp.pt"), "--format", "csv"]) == 0
-    rows = [line.split(",")[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    code, out, _ = run(capsys, "inspect", tmp_path / "ddp.pt", "--format", "csv")
+    assert code == 0
+    rows = [line.split(",")[0] for line in out.splitlines()[1:]]
     assert rows == [n for n, _ in Net().named_parameters()]
