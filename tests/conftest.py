@@ -1,5 +1,6 @@
-"""Shared fixtures and helpers: small models with known names, the in-process CLI runner, and
-global torch flags restored after every test.
+"""Shared fixtures and helpers: small models with known names, the in-process CLI runner and
+its checks (``run_cli``, ``audit_json``, ``one_line_error``), the network blocked, benchmark
+scripts loaded as modules, and global torch flags restored after every test.
 
 ``tests/`` is on ``sys.path`` (``pythonpath`` in pyproject.toml), so test files import
 ``stagenet`` and ``run_cli`` (``from conftest import run_cli``) without path hacks.
@@ -41,6 +42,25 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def audit_json(capsys: pytest.CaptureFixture[str], *args: object) -> dict:
+    """``paramgroups inspect ARGS... --format json`` in-process, parsed; fails unless it exited 0
+    with nothing on stderr."""
+    import json
+
+    code, out, err = run_cli(capsys, "inspect", *args, "--format", "json")
+    assert (code, err) == (0, ""), err
+    return json.loads(out)
+
+
+def one_line_error(code: int, out: str, err: str) -> str:
+    """The stderr of a bad-input exit (what :func:`run_cli` returned); fails unless it was
+    exactly that: exit 2, nothing on stdout, one ``paramgroups: error:`` line, no traceback."""
+    assert (code, out) == (2, ""), (code, out, err)
+    assert err.startswith("paramgroups: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    assert "Traceback" not in err, err
+    return err
 
 
 @pytest.fixture(autouse=True)

@@ -20,14 +20,7 @@ from paramgroups.config import read_plan_file
 from paramgroups.errors import ConfigError
 from paramgroups.snapshots import max_abs_diff
 
-from conftest import run_cli as run
-
-
-def one_line_error(code: int, out: str, err: str) -> str:
-    """The single stderr line of a bad-input exit; fails unless the exit was exactly that."""
-    assert (code, out) == (2, "")
-    assert err.count("\n") == 1 and err.startswith("paramgroups: error: "), err
-    return err
+from conftest import one_line_error, run_cli as run
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import yaml
 
 from paramgroups import audit
 
-from conftest import run_cli as run
+from conftest import audit_json, one_line_error, run_cli as run
 
 RESNET18_NUMEL = 11_689_512
 JSON_TOP = {"model", "optimizer", "implementation", "lr_at", "parameters", "groups", "totals",
@@ -54,12 +54,6 @@ kinds = ["bias", "norm"]
 weight_decay = 0
 """
 FREEZE_STEM = "rules:\n  - match: [conv1, bn1]\n    freeze: true\n"
-
-
-def audit_json(capsys, *args: str) -> dict:
-    rc, out, err = run(capsys, "inspect", *args, "--format", "json")
-    assert (rc, err) == (0, ""), err
-    return json.loads(out)
 
 
 @pytest.fixture(scope="module")
@@ -401,10 +395,7 @@ BAD = [  # id, argv, files to write (str text, bytes, or None for a directory), 
 
 
 def assert_one_line_error(rc: int, out: str, err: str, *substrings: str) -> None:
-    assert rc == 2, (rc, out, err)
-    assert out == ""
-    assert err.startswith("paramgroups: error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err
+    err = one_line_error(rc, out, err)
     for s in substrings:
         assert s in err, (s, err)
 

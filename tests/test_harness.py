@@ -7,10 +7,11 @@ fixture restores, the second sees the defaults again.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import stagenet
-from conftest import run_cli
+from conftest import audit_json, one_line_error, run_cli
 
 DEFAULTS = {"deterministic": False, "warn_only": False, "dtype": torch.float32, "grad": True}
 THREADS = torch.get_num_threads()  # at import, before any test ran
@@ -44,4 +45,8 @@ def test_run_cli_returns_code_stdout_and_stderr(capsys):
     assert run_cli(capsys, "--version") == (0, "paramgroups, version 0.1.0\n", "")
     code, out, err = run_cli(capsys, "inspect", "no_such_model_xyz")
     assert (code, out) == (2, "") and err.startswith("paramgroups: error:") and err.count("\n") == 1
+    assert one_line_error(code, out, err) == err
+    with pytest.raises(AssertionError):
+        one_line_error(0, "", "")
+    assert audit_json(capsys, "resnet18")["totals"]["numel"] == 11_689_512
 

@@ -20,7 +20,7 @@ from safetensors import safe_open  # noqa: E402
 from paramgroups.hf_models import parse_config_overrides  # noqa: E402
 from paramgroups.models import build_model  # noqa: E402
 
-from conftest import run_cli as run  # noqa: E402
+from conftest import audit_json, one_line_error, run_cli as run  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("no_network")  # conftest: any connection fails the test
@@ -59,18 +59,6 @@ def file_shapes(*files: Path) -> dict[str, list[int]]:
         with safe_open(str(file), framework="pt") as f:
             out.update({k: list(f.get_slice(k).get_shape()) for k in f.keys()})
     return out
-
-
-def audit_json(capsys, *args) -> dict:
-    code, out, err = run(capsys, "inspect", *args, "--format", "json")
-    assert (code, err) == (0, ""), err
-    return json.loads(out)
-
-
-def one_line_error(code: int, out: str, err: str) -> str:
-    assert (code, out) == (2, ""), (code, out, err)
-    assert err.count("\n") == 1 and err.startswith("paramgroups: error: "), err
-    return err
 
 
 # -- save_pretrained folders, config.json, sharded indexes ---------------------------------
