@@ -19,6 +19,7 @@ from torch import nn
 from .errors import PlotError
 from .plan import Plan
 from .report import Audit, schedule_table
+from .timeline import Timeline
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -107,15 +108,12 @@ def schedule_curves(plan: Plan, model: nn.Module | None, epochs: int,
     headers, rows = schedule_table(plan, model, epochs, steps_per_epoch)
     table = {r[0]: r[1:] for r in rows}
     if steps_per_epoch:
-        res = plan.resolve(model) if model is not None else None
-        bases = [g.lr for g in res.groups] if res else [plan.base_lr]
+        timeline = Timeline.of(plan, plan.resolve(model) if model is not None else None, steps_per_epoch)
         total = epochs * steps_per_epoch
         for k in range(0, total, max(1, math.ceil(total / MAX_SAMPLES))):
             t = k / steps_per_epoch
-            if t not in table:  # the timeline's own answer, as schedule_table asks it
-                f = plan.factor_at(t, steps_per_epoch)
-                state = plan.stage_state_at(res, t, steps_per_epoch) if res else [(False, 1.0)]
-                table[t] = [None if frozen else b * f * g for b, (frozen, g) in zip(bases, state)]
+            if t not in table:
+                table[t] = timeline.lrs(timeline.step_of(t))
     times = sorted(table)
     series = [[table[t][i] for t in times] + [table[times[-1]][i]] for i in range(len(headers) - 1)]
     return headers[1:], [*times, float(epochs)], series

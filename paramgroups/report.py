@@ -21,8 +21,9 @@ from . import optim
 from .errors import ParamgroupsError
 from .norms import has_running_stats, is_held
 from .inventory import inventory
-from .patterns import PatternList, to_path
+from .patterns import PatternList
 from .plan import PLAN_TAG, Plan
+from .timeline import Timeline
 
 COLUMNS = ("name", "shape", "numel", "module", "group", "base_lr", "lr", "weight_decay", "trainable",
            "rules")
@@ -276,19 +277,19 @@ def audit(model: nn.Module, plan: Plan | None = None,
         if str(exc) not in problems:
             problems.append(str(exc))
     cls = plan.optimizer_class
-    f = plan.factor_at(0 if at is None else at, steps_per_epoch)
-    state = plan.stage_state_at(res, at, steps_per_epoch)  # (frozen, stage factor) per group
-    frozen = [state[a.group][0] if a.group is not None else True for a in res.assignments]
-    frozen_by = plan.frozen_by_at(res, at, steps_per_epoch)
+    timeline = Timeline.of(plan, res, steps_per_epoch)
+    step = 0 if at is None else timeline.step_of(at)
+    state = timeline.state(step)
+    frozen = [state[a.group].frozen if a.group is not None else True for a in res.assignments]
     held = _held_norms(res, frozen) if plan.bn == "freeze" else set()
-    params = [_param_row(a.record, a.group, a.lr,
-                         a.lr * f * (state[a.group][1] if a.group is not None else 1), a.weight_decay, not fr, a.rules, a.layer, a.lr_scale,
-                         _stats(a.record.owner, held), by)
-              for a, fr, by in zip(res.assignments, frozen, frozen_by)]
-    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr,
-                         g.lr * f * state[g.index][1], g.weight_decay, g.options) for g in res.groups]
+    f = timeline.factor(step)
+    params = [_param_row(a.record, a.group, a.lr, state[a.group].lr if a.group is not None else a.lr * f,
+                         a.weight_decay, not fr, a.rules, a.layer, a.lr_scale, _stats(a.record.owner, held), by)
+              for a, fr, by in zip(res.assignments, frozen, timeline.frozen_by(step))]
+    groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr, state[g.index].lr,
+                         g.weight_decay, g.options) for g in res.groups]
     merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
-    nbytes = _state_bytes(cls, [([a.record for a in g.members if not state[g.index][0]], m)
+    nbytes = _state_bytes(cls, [([a.record for a in g.members if not state[g.index].frozen], m)
                                 for g, m in zip(res.groups, merged)])
     chosen = optim.implementation(cls, plan.optimizer_options, res.records)
     path = _path({**plan.optimizer_options, **chosen}, cls)
@@ -472,17 +473,17 @@ def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
-    res = plan.resolve(model) if model is not None else None
-    names = [g.name for g in res.groups] if res else ["base lr"]
-    bases = [g.lr for g in res.groups] if res else [plan.base_lr]
+    timeline = Timeline.of(plan, plan.resolve(model) if model is not None else None, steps_per_epoch)
+    rows = [[t, *timeline.lrs(timeline.step_of(t))] for t in schedule_times(plan, epochs, steps_per_epoch)]
+    return ["epoch", *(g.name for g in timeline.groups)], rows
+
+
+def schedule_times(plan: Plan, epochs: int, steps_per_epoch: int | None = None) -> list[float]:
+    """The times :func:`schedule_table` shows: every epoch below ``epochs`` and every stage
+    boundary before it (a ``step=`` stage only with ``steps_per_epoch``)."""
     times = set(range(epochs))
     for st in plan.stages:
         when = st.epoch if st.epoch is not None else (st.step / steps_per_epoch if steps_per_epoch else None)
         if when is not None and when < epochs:
             times.add(when)
-    rows = []
-    for t in sorted(times):
-        f = plan.factor_at(t, steps_per_epoch)
-        state = plan.stage_state_at(res, t, steps_per_epoch) if res else [(False, 1.0)]
-        rows.append([t, *[None if frozen else b * f * g for b, (frozen, g) in zip(bases, state)]])
-    return ["epoch", *names], rows
+    return sorted(times)

@@ -17,11 +17,15 @@ from torch.optim.lr_scheduler import LRScheduler
 from . import norms
 from .errors import PlanError
 from .schedules import Schedule, check_group_lrs
-from .stages import stage_state, stage_steps
+from .timeline import GroupState, Timeline, Track
 
 
 _EPOCH_REFUSED = ("torch's deprecated scheduler.step(epoch) is not supported: call step() once per "
                   "epoch (or per iteration), the scheduler counts the steps itself.")
+
+
+# This process's own, derived from the plan: never in state_dict(), never taken from one.
+_NOT_SAVED = ("optimizer", "schedule", "timeline", "_params", "_held_model", "_applied")
 
 
 class PlanScheduler(LRScheduler):
@@ -29,6 +33,8 @@ class PlanScheduler(LRScheduler):
 
     Call ``step()`` once per epoch, or once per iteration when ``steps_per_epoch`` is given
     (or the schedule's unit is ``step``); a ``plateau`` schedule takes ``step(metric)``.
+    ``binding`` is what a plan-built optimizer remembers (plan, resolution, model): with it,
+    the plan's stages freeze and thaw the groups over the run.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, *, base_lr: float,
@@ -37,13 +43,12 @@ class PlanScheduler(LRScheduler):
                                             not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise PlanError(f"steps_per_epoch must be a whole number >= 1, got {steps_per_epoch!r}")
         schedule.check_base_lr(base_lr)
-        stages = binding.plan.stages if binding is not None else ()
-        events = ([g.events for g in binding.resolution.groups] if stages
-                  else [()] * len(optimizer.param_groups))
+        self.timeline = _timeline(optimizer, schedule, base_lr, steps_per_epoch, binding)
+        stages = self.timeline.stages
         check_group_lrs(schedule, base_lr, [
-            (g.get("name", str(i)), g.get("initial_lr", g["lr"]),
-             [stages[j].lr_mult for j, act in ev if act == "thaw"])
-            for i, (g, ev) in enumerate(zip(optimizer.param_groups, events))])
+            (t.name, t.lr, [stages[j].lr_mult for j, act in t.events if act == "thaw"])
+            for t in self.timeline.groups])
+        self.timeline.clock  # stages this scheduler cannot place on its steps fail here, not later
         self.schedule = schedule
         self.plan_base_lr = base_lr
         self.steps_per_epoch = steps_per_epoch
@@ -52,67 +57,40 @@ class PlanScheduler(LRScheduler):
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.momentum_keys = self._momentum_keys(optimizer)
-        self._binding = binding
-        self._stage_steps = stage_steps(stages, schedule.unit, steps_per_epoch)
-        self._state_cache: tuple[int, float, list[tuple[bool, float]]] | None = None  # [from, to)
-        self._applied: list[bool] | None = None  # the frozen flags last set on the parameters
-        self._applied_from: list | None = None  # the stage state they came from
+        staged = binding is not None and bool(stages)
+        self._params = tuple(tuple(a.record.param for a in g.members)
+                             for g in binding.resolution.groups) if staged else ()
+        self._held_model = binding.model if staged and binding.plan.bn == "freeze" else None
+        self._applied: tuple[bool, ...] | None = None  # the frozen flags last set on the parameters
         super().__init__(optimizer, last_epoch)
 
-    def stage_state(self, step: int | None = None) -> list[tuple[bool, float]]:
-        """(frozen, stage LR factor) per group at ``step`` (default: the current step)."""
+    def stage_state(self, step: int | None = None) -> list[GroupState]:
+        """Every group at ``step`` (default: the current step): frozen, stage factor, LR."""
         k = max(self.last_epoch if step is None else step, 0)
-        if self._binding is None:
-            return [(False, 1.0)] * len(self.optimizer.param_groups)
-        cache = self._state_cache
-        if cache is not None and cache[0] <= k < cache[1]:
-            return cache[2]  # no stage acts or ramps in between: the same state
-        stages = self._binding.plan.stages
-        steps, warmups = self._stage_steps
-        states = [stage_state(g.events, stages, g.frozen, k, steps, warmups)
-                  for g in self._binding.resolution.groups]
-        self._state_cache = (k, self._next_change(k), states)
-        return states
-
-    def _next_change(self, k: int) -> int:
-        """The first step after ``k`` at which a stage may change the state: the next stage's
-        step, or ``k + 1`` inside a stage warmup (the ramp moves every step)."""
-        steps, warmups = self._stage_steps
-        nxt = math.inf
-        for s, w in zip(steps, warmups):
-            if s <= k < s + w:
-                return k + 1
-            if s > k:
-                nxt = min(nxt, s)
-        return nxt
+        return self.timeline.state(k, self.plateau_level)
 
     def _apply_stages(self, force: bool = False) -> None:
-        """Flip ``requires_grad`` and norm holds of the groups whose frozen state changed since
-        the last call (every group when ``force``: at the start and after a resume)."""
-        if self._binding is None or not self._binding.plan.stages:
+        """Flip ``requires_grad`` of the groups whose frozen state changed since the last call
+        (every group when ``force``: at the start and after a resume) and re-hold norm layers."""
+        if not self._params:
             return
-        states = self.stage_state()
-        force = force or self._applied is None
-        if not force and states is self._applied_from:
-            return  # the cached state of a quiet stretch: already applied
-        self._applied_from = states
-        flags = [frozen for frozen, _ in states]
-        if not force and flags == self._applied:
-            return  # away from stage boundaries a step touches no parameter
+        flags = self.timeline.frozen(max(self.last_epoch, 0))
+        applied = self._applied
+        if flags is applied and not force:
+            return  # the same quiet stretch: already applied
         changed = False
-        for i, (group, frozen) in enumerate(zip(self._binding.resolution.groups, flags)):
-            if not force and frozen == self._applied[i]:
+        for i, (params, frozen) in enumerate(zip(self._params, flags)):
+            if not force and applied is not None and frozen == applied[i]:
                 continue
-            for a in group.members:
-                param = a.record.param
+            for param in params:
                 if param.requires_grad == frozen:
                     param.requires_grad_(not frozen)
                     changed = True
                 if frozen and param.grad is not None:  # a zeroed gradient still moves it
                     param.grad = None  # (momentum, weight decay) under zero_grad(set_to_none=False)
         self._applied = flags
-        if changed and self._binding.plan.bn == "freeze":
-            norms.sync(self._binding.model)
+        if changed and self._held_model is not None:
+            norms.sync(self._held_model)
 
     def _momentum_keys(self, optimizer: torch.optim.Optimizer) -> list[str | None]:
         """Per group, what onecycle cycles: beta1 of a group with ``betas``, the momentum of a
@@ -124,13 +102,12 @@ class PlanScheduler(LRScheduler):
     def factor(self, step: int | None = None) -> float:
         """The schedule factor at ``step`` (default: the current step)."""
         k = self.last_epoch if step is None else step
-        return self.schedule.factor(max(k, 0), base_lr=self.plan_base_lr,
-                                    steps_per_epoch=self.steps_per_epoch,
-                                    plateau_level=self.plateau_level)
+        return self.timeline.factor(max(k, 0), self.plateau_level)
 
     def get_lr(self) -> list[float]:  # type: ignore[override]
-        f = self.factor()
-        return [base * f * stage for base, (_, stage) in zip(self.base_lrs, self.stage_state())]
+        k = max(self.last_epoch, 0)
+        f = self.timeline.factor(k, self.plateau_level)
+        return [base * f * stage for base, stage in zip(self.base_lrs, self.timeline.stage_factors(k))]
 
     def step(self, metric: float | torch.Tensor | None = None, epoch: int | None = None, *,
              metrics: float | torch.Tensor | None = None) -> None:  # type: ignore[override]
@@ -194,16 +171,13 @@ class PlanScheduler(LRScheduler):
         Besides the step and plateau history it holds what the run was built from (schedule,
         stages, group names, ``steps_per_epoch``), so a resume into another plan is refused.
         """
-        state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("optimizer", "schedule", "_binding", "_stage_steps", "_state_cache", "_applied",
-                              "_applied_from")}
+        state = {k: v for k, v in self.__dict__.items() if k not in _NOT_SAVED}
         state.update(self._fingerprint())
-        state["frozen_groups"] = [i for i, (f, _) in enumerate(self.stage_state()) if f]
+        state["frozen_groups"] = [i for i, f in enumerate(self.timeline.frozen(max(self.last_epoch, 0))) if f]
         return state
 
     def _fingerprint(self) -> dict[str, Any]:
-        stages = self._binding.plan.stages if self._binding is not None else ()
-        return {"schedule": self.schedule.to_dict(), "stages": [st.to_dict() for st in stages],
+        return {"schedule": self.schedule.to_dict(), "stages": [st.to_dict() for st in self.timeline.stages],
                 "groups": [None if g.get("name") is None else str(g["name"])
                            for g in self.optimizer.param_groups],
                 "steps_per_epoch": self.steps_per_epoch}
@@ -212,7 +186,6 @@ class PlanScheduler(LRScheduler):
         """Restore a saved run; a PlanError says what differs if it ran another plan."""
         saved = dict(state_dict)
         saved.pop("frozen_groups", None)  # derived from the step; kept for readers of checkpoints
-        saved.pop("_stage_steps", None)  # derived from this plan's stages, never taken over
         mine = self._fingerprint()
         for key in mine:
             if key in saved and saved[key] != mine[key]:
@@ -221,11 +194,23 @@ class PlanScheduler(LRScheduler):
         if len(saved.get("base_lrs", self.base_lrs)) != len(self.base_lrs):
             raise PlanError(f"cannot resume: the saved scheduler had {len(saved['base_lrs'])} groups; "
                             f"this optimizer has {len(self.base_lrs)}: was it built from another plan?")
-        for key in ("_state_cache", "_applied", "_applied_from"):  # this process's own, never saved
+        for key in (*_NOT_SAVED, "_stage_steps"):  # this process's own (older versions saved _stage_steps)
             saved.pop(key, None)
         self.__dict__.update(saved)
-        self._state_cache = None
         self._apply_stages(force=True)
+
+
+def _timeline(optimizer: torch.optim.Optimizer, schedule: Schedule, base_lr: float,
+              steps_per_epoch: int | None, binding: Any) -> Timeline:
+    """The timeline of the optimizer's groups (their LRs as the scheduler starts them); with a
+    plan's binding, its stages and resolved groups give each group's frozen state over time."""
+    stages = binding.plan.stages if binding is not None else ()
+    resolved = binding.resolution.groups if stages else [None] * len(optimizer.param_groups)
+    tracks = [Track(g.get("name", str(i)), g.get("initial_lr", g["lr"]), r.frozen if r else False,
+                    r.events if r else ())
+              for i, (g, r) in enumerate(zip(optimizer.param_groups, resolved))]
+    return Timeline(stages, schedule, base_lr, tracks, binding.resolution.assignments if stages else (),
+                    steps_per_epoch)
 
 
 def _difference(key: str, saved: Any, mine: Any) -> str:

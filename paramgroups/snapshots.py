@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
-from typing import Callable, Iterable, Mapping
-
 from .inventory import canonical_name, saved_ddp_prefixes, strip_wrappers, wrapped_children
 from .models import NORM_BUFFERS
 from .norms import held_names
+from .timeline import Timeline
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -107,12 +107,12 @@ def frozen_names(plan, model: nn.Module, names: Iterable[str], at: float | None 
     without parameters of their own.
     """
     res = plan.resolve(model)
+    timeline = Timeline.of(plan, res, steps_per_epoch)
     if at is None:
-        frozen = {a.record.index for a in res.assignments
-                  if a.frozen and not any(action == "thaw" for _, action in a.events)}
+        frozen = {a.record.index for a, never in zip(res.assignments, timeline.never_trains()) if never}
     else:
-        state = plan.stage_state_at(res, at, steps_per_epoch)
-        frozen = {a.record.index for a in res.assignments if a.group is None or state[a.group][0]}
+        state = timeline.frozen(timeline.step_of(at))
+        frozen = {a.record.index for a in res.assignments if a.group is None or state[a.group]}
     param_frozen = {n: rec.index in frozen for rec in res.records for n in rec.names}
     out = {n for n, f in param_frozen.items() if f}
     if plan.bn == "freeze":

@@ -309,11 +309,11 @@ def test_resume_from_another_plan_says_what_differs(other, message):
         sched.optimizer.step(), sched.step()
     state = _saved(sched)
     target = other()
-    before = (target.last_epoch, target._stage_steps, target.get_last_lr())
+    before = (target.last_epoch, target.timeline.clock, target.get_last_lr())
     with pytest.raises(PlanError) as exc:
         target.load_state_dict(state)
     assert str(exc.value) == message
-    assert (target.last_epoch, target._stage_steps, target.get_last_lr()) == before
+    assert (target.last_epoch, target.timeline.clock, target.get_last_lr()) == before
 
 
 # -- onecycle cycles momentum / beta1 per group ---------------------------------------------
