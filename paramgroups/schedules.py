@@ -4,10 +4,10 @@ A :class:`Schedule` is a warmup followed by a main shape: the user-facing object
 files, the scheduler and the trainer helpers read. It checks each field's value, then hands the
 fields of its main to one shape class of :mod:`paramgroups.shapes` (one class per shape, like
 torch's ``lr_scheduler.py``; tests compare each closed form step by step with torch's own
-recursive scheduler) and the warmup fields to a :class:`~paramgroups.shapes.Warmup`. Positions
-are in the schedule's unit (epochs or steps); with ``steps_per_epoch`` an epoch-based schedule
-is evaluated at fractional epochs, except that step-wise decays (``step``, ``multistep``)
-change on the first step of their epoch.
+recursive scheduler) and the warmup fields to a :class:`Warmup`. Positions are in the
+schedule's unit (epochs or steps); with ``steps_per_epoch`` an epoch-based schedule is evaluated
+at fractional epochs, except that step-wise decays (``step``, ``multistep``) change on the first
+step of their epoch.
 
 ``total`` may be left to a trainer when the schedule comes from a plan file (``from_dict``):
 the "needs total" error then comes when an LR is asked for.
@@ -20,21 +20,69 @@ from dataclasses import InitVar, dataclass, fields
 from typing import Any, Mapping, Sequence
 
 from .errors import PlanError
-from .shapes import (DECAY_SHAPES, SHAPES, WARMUP_SHAPES, Warmup, build, check_divisors,
-                     cosine_restart_position, floor_factor, warmup_factor)
+from .shapes import DECAY_SHAPES, SHAPES, build, check_divisors, cosine_restart_position, floor_factor
 from .values import check_flag, describe, did_you_mean, hint, is_finite_number
 
-__all__ = ["MAINS", "NEEDS_TOTAL", "UNITS", "WARMUP_SHAPES", "DECAY_SHAPES", "Schedule",
+__all__ = ["MAINS", "NEEDS_TOTAL", "UNITS", "WARMUP_SHAPES", "DECAY_SHAPES", "Schedule", "Warmup",
            "check_group_lrs", "cosine_restart_position", "warmup_factor"]
 
 MAINS = tuple(SHAPES)
 NEEDS_TOTAL = tuple(main for main, shape in SHAPES.items() if shape.needs_total)
 UNITS = ("epoch", "step")
+WARMUP_SHAPES = ("linear", "constant", "exponential", "cosine", "1-sqrt")
 _CHOICES = {"main": MAINS, "unit": UNITS, "warmup_shape": WARMUP_SHAPES, "decay_shape": DECAY_SHAPES,
             "anneal": ("cos", "linear"), "mode": ("min", "max"), "threshold_mode": ("rel", "abs")}
 _NUMBERS = ("warmup", "gamma", "min_factor", "power", "max_factor", "div_factor", "final_div_factor",
             "threshold", "base_momentum", "max_momentum", "pct_start")
 _OPTIONAL_NUMBERS = ("total", "step_size", "warmup_start", "warmup_lr", "min_lr", "decay")
+
+
+def warmup_factor(shape: str, start: float, t: float, length: float) -> float:
+    """The warmup factor at ``t`` in ``[0, length)``: from ``start`` towards 1."""
+    p = t / length
+    if shape == "linear":  # torch's LinearLR: reaches 1 at t == length
+        return start + (1.0 - start) * p
+    if shape == "constant":
+        return start
+    if shape == "exponential":  # start * (1 / start) ** p, without overflowing 1 / start
+        return start ** (1.0 - p)
+    if shape == "1-sqrt":  # transformers' get_wsd_schedule(warmup_type="1-sqrt")
+        return start + (1.0 - start) * (1.0 - math.sqrt(1.0 - p))
+    return start + (1.0 - start) * (1.0 - math.cos(math.pi * p)) / 2.0  # cosine
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """The ramp before the main shape: ``shape`` from a start factor to 1 over ``length``.
+
+    The start is ``start`` (a factor of each group's LR) or ``start_lr`` (an LR for the plan's
+    base LR, so group ratios hold); neither means 0.
+    """
+
+    length: float
+    shape: str
+    start: float | None
+    start_lr: float | None
+
+    def __post_init__(self) -> None:
+        if self.start is not None and self.start_lr is not None:
+            raise PlanError("schedule: give warmup_start or warmup_lr, not both")
+        if self.start is not None and self.start > 1:
+            raise PlanError(f"schedule: warmup_start is a factor in [0, 1], got {self.start:g}")
+        if self.length and self.shape == "exponential" and not (
+                (self.start or 0) > 0 or (self.start_lr or 0) > 0):
+            raise PlanError("schedule: an exponential warmup needs a start above 0 "
+                            "(set warmup_start or warmup_lr)")
+
+    def start_factor(self, base_lr: float) -> float:
+        """The first factor: ``start``, or ``start_lr`` relative to the base LR."""
+        if self.start_lr is not None:
+            return self.start_lr / base_lr
+        return self.start if self.start is not None else 0.0
+
+    def factor(self, t: float, base_lr: float) -> float:
+        """The factor at ``t`` in ``[0, length)``."""
+        return warmup_factor(self.shape, self.start_factor(base_lr), t, self.length)
 
 
 @dataclass(frozen=True)
@@ -50,7 +98,7 @@ class Schedule:
     Every field's value is checked whatever the main (``gamma <= 1`` and onecycle's divisors
     ``> 0`` too); beyond that a field of another main is ignored, except ``restarts`` (cosine
     only) and ``decay`` / ``decay_shape`` (wsd only). The main's own fields go to one shape of
-    :mod:`paramgroups.shapes`, the warmup's to a :class:`~paramgroups.shapes.Warmup`.
+    :mod:`paramgroups.shapes`, the warmup's to a :class:`Warmup`.
     """
 
     main: str = "constant"

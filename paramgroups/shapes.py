@@ -1,10 +1,10 @@
-"""The pieces of a schedule: one class per main shape, each with a closed form, and the warmup.
+"""The main shapes of a schedule: one class per shape, each with a closed form.
 
-Like torch's ``lr_scheduler.py`` (one class per schedule), each main shape holds only its own
+Like torch's ``lr_scheduler.py`` (one class per schedule), each shape holds only its own
 settings and gives its factor at any position directly, never by stepping from the last one;
 tests compare each with torch's own recursive scheduler. :class:`~paramgroups.schedules.Schedule`
-is the user-facing object: it checks every field's value, then builds one shape and one
-:class:`Warmup`, and each of them checks how its own fields fit together.
+is the user-facing object: it checks every field's value, then builds one shape (and its
+warmup), and the shape checks how its own fields fit together.
 
 Every shape's ``factor(t, step, spe, base_lr, level)`` takes the same position: ``t`` in the
 schedule's unit since its start (fractional when an epoch is evaluated per step), ``step`` and
@@ -21,61 +21,12 @@ from typing import Any, Mapping
 
 from .errors import PlanError
 
-WARMUP_SHAPES = ("linear", "constant", "exponential", "cosine", "1-sqrt")
 DECAY_SHAPES = ("linear", "cosine", "1-sqrt")  # wsd's decay, as transformers' get_wsd_schedule
-
-
-def warmup_factor(shape: str, start: float, t: float, length: float) -> float:
-    """The warmup factor at ``t`` in ``[0, length)``: from ``start`` towards 1."""
-    p = t / length
-    if shape == "linear":  # torch's LinearLR: reaches 1 at t == length
-        return start + (1.0 - start) * p
-    if shape == "constant":
-        return start
-    if shape == "exponential":  # start * (1 / start) ** p, without overflowing 1 / start
-        return start ** (1.0 - p)
-    if shape == "1-sqrt":  # transformers' get_wsd_schedule(warmup_type="1-sqrt")
-        return start + (1.0 - start) * (1.0 - math.sqrt(1.0 - p))
-    return start + (1.0 - start) * (1.0 - math.cos(math.pi * p)) / 2.0  # cosine
 
 
 def floor_factor(min_lr: float | None, min_factor: float, base_lr: float) -> float:
     """The lowest factor a decay reaches: ``min_factor``, or ``min_lr`` relative to the base LR."""
     return min_lr / base_lr if min_lr is not None else min_factor
-
-
-@dataclass(frozen=True)
-class Warmup:
-    """The ramp before the main shape: ``shape`` from a start factor to 1 over ``length``.
-
-    The start is ``start`` (a factor of each group's LR) or ``start_lr`` (an LR for the plan's
-    base LR, so group ratios hold); neither means 0.
-    """
-
-    length: float
-    shape: str
-    start: float | None
-    start_lr: float | None
-
-    def __post_init__(self) -> None:
-        if self.start is not None and self.start_lr is not None:
-            raise PlanError("schedule: give warmup_start or warmup_lr, not both")
-        if self.start is not None and self.start > 1:
-            raise PlanError(f"schedule: warmup_start is a factor in [0, 1], got {self.start:g}")
-        if self.length and self.shape == "exponential" and not (
-                (self.start or 0) > 0 or (self.start_lr or 0) > 0):
-            raise PlanError("schedule: an exponential warmup needs a start above 0 "
-                            "(set warmup_start or warmup_lr)")
-
-    def start_factor(self, base_lr: float) -> float:
-        """The first factor: ``start``, or ``start_lr`` relative to the base LR."""
-        if self.start_lr is not None:
-            return self.start_lr / base_lr
-        return self.start if self.start is not None else 0.0
-
-    def factor(self, t: float, base_lr: float) -> float:
-        """The factor at ``t`` in ``[0, length)``."""
-        return warmup_factor(self.shape, self.start_factor(base_lr), t, self.length)
 
 
 class Shape:

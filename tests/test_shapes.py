@@ -15,7 +15,7 @@ from torch.optim import lr_scheduler as L
 
 from paramgroups import shapes
 from paramgroups.errors import PlanError
-from paramgroups.schedules import MAINS, NEEDS_TOTAL, Schedule
+from paramgroups.schedules import MAINS, NEEDS_TOTAL, Schedule, Warmup
 
 REL = 1e-12
 FLOOR = {"min_lr": None, "min_factor": 0.0}
@@ -82,14 +82,14 @@ def test_plateau_level_is_reduce_lr_on_plateau_after_that_many_reductions():
 
 @pytest.mark.parametrize("shape,start_factor", [("linear", 0.1), ("constant", 0.25)])
 def test_warmup_equals_torch(shape, start_factor):
-    warmup = shapes.Warmup(4, shape, start_factor, None)
+    warmup = Warmup(4, shape, start_factor, None)
     ref = (L.LinearLR if shape == "linear" else L.ConstantLR)(one_lr_optimizer(), start_factor,
                                                                 total_iters=4)
     for k in range(4):
         assert warmup.factor(k, 1.0) == pytest.approx(ref.get_last_lr()[0], rel=REL), k
         ref.optimizer.step(), ref.step()
-    assert shapes.Warmup(4, "linear", None, 0.01).start_factor(0.1) == pytest.approx(0.1)
-    assert shapes.Warmup(4, "linear", None, None).start_factor(0.1) == 0.0
+    assert Warmup(4, "linear", None, 0.01).start_factor(0.1) == pytest.approx(0.1)
+    assert Warmup(4, "linear", None, None).start_factor(0.1) == 0.0
 
 
 def test_shapes_after_a_warmup_start_where_it_ends():
@@ -127,9 +127,9 @@ SHAPE_ERRORS += [
     (lambda: shapes.OneCycle(**{**ONECYCLE, "final_div_factor": 0}),
      "schedule: final_div_factor divides the LR: it must be > 0, got 0"),
     (lambda: shapes.OneCycle(**{**ONECYCLE, "div_factor": 1e-320}), "leave float range: raise the divisors"),
-    (lambda: shapes.Warmup(2, "linear", 0.1, 0.01), "schedule: give warmup_start or warmup_lr, not both"),
-    (lambda: shapes.Warmup(2, "linear", 1.5, None), "schedule: warmup_start is a factor in [0, 1], got 1.5"),
-    (lambda: shapes.Warmup(2, "exponential", 0.0, None), "an exponential warmup needs a start above 0"),
+    (lambda: Warmup(2, "linear", 0.1, 0.01), "schedule: give warmup_start or warmup_lr, not both"),
+    (lambda: Warmup(2, "linear", 1.5, None), "schedule: warmup_start is a factor in [0, 1], got 1.5"),
+    (lambda: Warmup(2, "exponential", 0.0, None), "an exponential warmup needs a start above 0"),
 ]
 
 
@@ -148,7 +148,7 @@ def test_onecycle_without_room_for_a_phase_says_so_when_asked():
 
 
 def test_an_exponential_warmup_of_length_0_needs_no_start():
-    assert shapes.Warmup(0, "exponential", None, None).start_factor(1.0) == 0.0
+    assert Warmup(0, "exponential", None, None).start_factor(1.0) == 0.0
 
 
 # -- how Schedule builds and hides them ------------------------------------------------------
