@@ -63,9 +63,8 @@ def one_line_error(code: int, out: str, err: str) -> str:
     return err
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals() -> Iterator[None]:
-    """Undo what a test sets process-wide, so no test depends on which tests ran before it."""
+def _torch_globals() -> Iterator[None]:
+    """Record the process-wide torch flags a test may set; put them back on resumption."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     dtype, threads, grad = torch.get_default_dtype(), torch.get_num_threads(), torch.is_grad_enabled()
@@ -75,6 +74,19 @@ def _restore_torch_globals() -> Iterator[None]:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     torch.set_grad_enabled(grad)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_globals() -> Iterator[None]:
+    """Undo what a test sets process-wide, so no test depends on which tests ran before it."""
+    yield from _torch_globals()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_globals_per_module() -> Iterator[None]:
+    """The same around each test file, for what a module-scoped fixture sets (it runs before
+    the per-test record, e.g. ``torch.set_num_threads(1)`` in test_transfer_digits)."""
+    yield from _torch_globals()
 
 
 def pytest_collection_modifyitems(config, items):
