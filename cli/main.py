@@ -244,8 +244,10 @@ def _warn(plan: Any, steps_per_epoch: int | None) -> None:
 def _check_tablefmt(tablefmt: str) -> None:
     from tabulate import tabulate_formats
 
+    from paramgroups.values import hint
+
     if tablefmt not in tabulate_formats:
-        raise click.BadParameter(f"unknown table format {tablefmt!r} (one of: {', '.join(tabulate_formats)})",
+        raise click.BadParameter(f"unknown table format {tablefmt!r} ({hint(tablefmt, tabulate_formats, what='one of:')})",
                                  param_hint="'--tablefmt'")
 
 

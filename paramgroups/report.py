@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import optim
-from .errors import ParamgroupsError
+from .errors import ParamgroupsError, ReportError
 from .norms import has_running_stats, is_held
 from .inventory import inventory
 from .patterns import PatternList
@@ -60,7 +60,7 @@ class Audit:
         rows = self.parameters
         if only is not None:
             if only not in ("trainable", "frozen"):
-                raise ValueError(f"only must be 'trainable' or 'frozen', got {only!r}")
+                raise ReportError(f"only must be 'trainable' or 'frozen', got {only!r}")
             rows = [r for r in rows if r["trainable"] == (only == "trainable")]
         if match is not None:
             hit = _matching_names(PatternList(match), self.parameters)
@@ -232,7 +232,7 @@ def _bytes(n: int) -> str:
 def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
     """Merge rows to modules ``depth`` segments deep; differing values become ``mixed``."""
     if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+        raise ReportError(f"depth must be >= 1, got {depth}")
     merged: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = ".".join(r["name"].split(".")[:depth])
@@ -472,7 +472,7 @@ def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,
     reductions (they depend on metrics).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+        raise ReportError(f"epochs must be a whole number >= 1, got {epochs!r}")
     timeline = Timeline.of(plan, plan.resolve(model) if model is not None else None, steps_per_epoch)
     rows = [[t, *timeline.lrs(timeline.step_of(t))] for t in schedule_times(plan, epochs, steps_per_epoch)]
     return ["epoch", *(g.name for g in timeline.groups)], rows

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from paramgroups import Plan, Rule, audit
+from paramgroups.errors import ParamgroupsError, ReportError
+from paramgroups.report import schedule_table
 
 JSON_PARAM_KEYS = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "base_lr", "lr",
                    "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
@@ -132,6 +134,20 @@ def test_renderers(toy):
     md = a.to_markdown()
     assert md.splitlines()[0].startswith("| name") and md.splitlines()[1].startswith("|---")
     assert "| head.bias " in md
+
+
+@pytest.mark.parametrize("ask,message", [
+    (lambda a, plan: a.select(only="all"), "only must be 'trainable' or 'frozen', got 'all'"),
+    (lambda a, plan: a.collapse(0), "depth must be >= 1, got 0"),
+    (lambda a, plan: schedule_table(plan, None, 0), "epochs must be a whole number >= 1, got 0"),
+    (lambda a, plan: schedule_table(plan, None, 2.0), "epochs must be a whole number >= 1, got 2.0"),
+])
+def test_report_arguments_it_cannot_take_are_report_errors(toy, ask, message):
+    plan = Plan([Rule("stem", freeze=True)])
+    with pytest.raises(ReportError) as exc:
+        ask(audit(toy, plan), plan)
+    assert str(exc.value) == message
+    assert isinstance(exc.value, ValueError) and isinstance(exc.value, ParamgroupsError)
 
 
 def test_problems_show_in_table(toy):

@@ -99,6 +99,8 @@ def test_schedule_plot_without_matplotlib_is_a_clear_error(capsys, plan_file, tm
     (["schedule", "--epochs", "2", "--steps-per-epoch", "0"], "--steps-per-epoch"),
     (["schedule", "--epochs", "2", "--format", "xml"], "--format"),
     (["inspect", "resnet18", "--at", "-1"], "--at"),
+    (["schedule", "--epochs", "2", "--tablefmt", "grd"], "unknown table format 'grd' (did you mean 'grid'?)"),
+    (["schedule", "--epochs", "2", "--tablefmt", "zzz"], "unknown table format 'zzz' (one of: asciidoc, colon_grid,"),
 ])
 def test_schedule_bad_options(capsys, args, needle):
     code, out, err = run(capsys, *args)
