@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import re
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, TypeVar
 
 import yaml
 
-from .errors import ConfigError, ParamgroupsError
+from .errors import ConfigError, ParamgroupsError, Where
+
+E = TypeVar("E", bound=ParamgroupsError)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,14 +60,19 @@ class Locations:
             path = path[:-1]
         return None
 
-    def prefix(self, *path: Any) -> str:
-        """``file:line: `` for ``path`` (empty when the plan did not come from a file)."""
+    def locate(self, exc: E) -> E:
+        """``exc`` with the file and line of what it is about (its ``where``: the rule or stage,
+        else the field), or the command-line option that set that field; parts it already
+        knows stay."""
+        where = exc.where
+        path: tuple = (("rules", where.rule) if where.rule is not None else
+                       ("stages", where.stage) if where.stage is not None else
+                       (where.field,) if where.field is not None else ())
         if path and path[0] in self.overrides:
-            return f"{self.overrides[path[0]]}: "
+            return exc.at(source=self.overrides[path[0]])
         if self.source is None:
-            return ""
-        line = self.line(*path)
-        return f"{self.source}:{line}: " if line else f"{self.source}: "
+            return exc
+        return exc.at(source=self.source, line=self.line(*path))
 
 
 def _yaml_lines(node: yaml.Node | None, path: tuple = (), out: dict | None = None,
@@ -103,9 +109,8 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.first = key, line, first
 
     def error(self, source: str, kind: str) -> ConfigError:
-        where = f"{source}:{self.line}" if self.line else source
         also = f" (first on line {self.first})" if self.first else ""
-        return ConfigError(f"{where}: malformed {kind.upper()}: duplicate key {self.key!r}{also}: "
+        return _error(source, self.line, f"malformed {kind.upper()}: duplicate key {self.key!r}{also}: "
                            f"a key may appear once per mapping (the last one would win silently)")
 
 
@@ -181,19 +186,19 @@ def _parse(text: str, kind: str, source: str) -> tuple[Any, Locations]:
         try:
             data = tomllib.loads(text)
         except RecursionError:
-            raise ConfigError(f"{source}: malformed TOML: nested too deeply") from None
+            raise _error(source, None, "malformed TOML: nested too deeply") from None
         except tomllib.TOMLDecodeError as exc:
             found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-            line = getattr(exc, "lineno", None) or (found and found.group(1))
-            raise ConfigError(f"{source}{f':{line}' if line else ''}: malformed TOML: {exc}") from None
+            line = getattr(exc, "lineno", None) or (found and int(found.group(1)))
+            raise _error(source, line or None, f"malformed TOML: {exc}") from None
         return data, Locations(source, _toml_lines(text))
     if kind == "json":
         try:
             data = json.loads(text, object_pairs_hook=_no_duplicates)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{source}:{exc.lineno}: malformed JSON: {exc.msg}") from None
+            raise _error(source, exc.lineno, f"malformed JSON: {exc.msg}") from None
         except RecursionError:
-            raise ConfigError(f"{source}: malformed JSON: nested too deeply") from None
+            raise _error(source, None, "malformed JSON: nested too deeply") from None
     try:
         loader = _Loader(text)  # a SafeLoader: builds plain data only, never objects
         try:
@@ -207,12 +212,15 @@ def _parse(text: str, kind: str, source: str) -> tuple[Any, Locations]:
         if kind == "json":  # JSON that YAML cannot compose: keep the data, lose the lines
             return data, Locations(source)
         mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}{line}: malformed YAML: {problem}") from None
+        raise _error(source, mark.line + 1 if mark is not None else None, f"malformed YAML: {problem}") from None
     except RecursionError:
-        raise ConfigError(f"{source}: malformed {kind.upper()}: nested too deeply") from None
+        raise _error(source, None, f"malformed {kind.upper()}: nested too deeply") from None
     return data, Locations(source, lines)
+
+
+def _error(source: str, line: int | None, message: str) -> ConfigError:
+    return ConfigError(message, where=Where(source, line))
 
 
 def read_plan_file(path: str | Path) -> tuple[Any, Locations]:
@@ -220,41 +228,22 @@ def read_plan_file(path: str | Path) -> tuple[Any, Locations]:
     path = Path(path)
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise ConfigError(f"{path}: unknown plan file type {path.suffix!r} (use .yaml, .yml, .toml or .json)")
+        raise _error(str(path), None, f"unknown plan file type {path.suffix!r} (use .yaml, .yml, .toml or .json)")
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_PLAN_BYTES + 1)
         if len(raw) > MAX_PLAN_BYTES:
-            raise ConfigError(f"{path}: larger than {MAX_PLAN_BYTES // 2**20} MiB, stopped reading: "
-                              f"a plan file is a few KB (is this the right file?)")
+            raise _error(str(path), None, f"larger than {MAX_PLAN_BYTES // 2**20} MiB, stopped reading: "
+                                  "a plan file is a few KB (is this the right file?)")
         text = raw.decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        raise _error(str(path), None, "no such file") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a plan file") from None
+        raise _error(str(path), None, "is a directory, not a plan file") from None
     except PermissionError:
-        raise ConfigError(f"{path}: permission denied") from None
+        raise _error(str(path), None, "permission denied") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise _error(str(path), None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise _error(str(path), None, f"cannot read: {exc.strerror or exc}") from None
     return parse_plan_text(text, kind, str(path))
-
-
-class LocatedError(Exception):
-    """Carries an error that already says where it happened past the generic handler."""
-
-    def __init__(self, error: ParamgroupsError):
-        super().__init__(str(error))
-        self.error = error
-
-
-@contextmanager
-def located(loc: Locations, key: str) -> Iterator[None]:
-    """Prefix errors raised inside with ``file:line:`` of ``key`` (when from a file)."""
-    try:
-        yield
-    except ParamgroupsError as exc:
-        if loc.source is None and key not in loc.overrides:
-            raise
-        raise type(exc)(f"{loc.prefix(key)}{exc}") from None

@@ -1,19 +1,24 @@
-"""Merging assignments with identical settings into torch param groups.
+"""Param groups: parameters with identical settings share one torch param group.
 
-Fewer groups means fewer kernel launches in foreach/fused optimizers. Groups are ordered by
+Fewer groups means fewer kernel launches in foreach/fused optimizers. Groups are numbered by
 the first parameter (in ``named_parameters`` order) that lands in each, so the layout, and an
-optimizer ``state_dict`` saved from it, is the same on every run.
+optimizer ``state_dict`` saved from it, is the same on every run. Names say what a group is
+(its label, or the rules and stages that define it) and depend only on the plan and the
+model, so they too are the same on every run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
-from .rules import Assignment
+from .stages import Event
+
+if TYPE_CHECKING:
+    from .resolution import Assignment
 
 
-@dataclass
+@dataclass(frozen=True)
 class Group:
     """One torch param group: its settings and the assignments (parameters) in it."""
 
@@ -23,8 +28,8 @@ class Group:
     weight_decay: float
     frozen: bool
     options: dict[str, Any]
-    events: tuple = ()
-    members: list[Assignment] = field(default_factory=list)
+    events: tuple[Event, ...]
+    members: tuple[Assignment, ...]
 
     @property
     def numel(self) -> int:
@@ -40,68 +45,62 @@ class Group:
         return out
 
 
-def _key(a: Assignment) -> tuple:
-    return (a.label, a.layer, a.lr, a.weight_decay, a.frozen, a.events,
-            repr(sorted(a.options.items())))
+def group_key(label: str | None, layer: int | None, lr: float, weight_decay: float, frozen: bool,
+              events: tuple[Event, ...], options: dict[str, Any]) -> tuple:
+    """What must be equal for two parameters to share a group (options may be unhashable)."""
+    return (label, layer, lr, weight_decay, frozen, events, repr(sorted(options.items())))
 
 
-def group_name(a: Assignment, rule_names: Sequence[tuple[str, bool]],
+def number(keys: Sequence[Hashable | None]) -> tuple[list[int | None], list[int]]:
+    """The group index of each item by its key (``None``: in no group), numbered by first
+    appearance, and the first item of each group."""
+    seen: dict[Hashable, int] = {}
+    index: list[int | None] = []
+    first: list[int] = []
+    for i, key in enumerate(keys):
+        if key is None:
+            index.append(None)
+            continue
+        g = seen.get(key)
+        if g is None:
+            g = seen[key] = len(first)
+            first.append(i)
+        index.append(g)
+    return index, first
+
+
+def group_name(label: str | None, rules: Sequence[int], layer: int | None, frozen: bool,
+               events: tuple[Event, ...], rule_names: Sequence[tuple[str, bool]],
                stage_names: Sequence[tuple[str, str]]) -> str:
-    """What the group is: its ``group`` label, or the rules (and stage) that define it.
+    """What a group is: its ``group`` label, or the rules (and stage) that define it.
 
-    ``rule_names[i]`` describes rule i: (its patterns, or the kinds/modules it selects, ``""``
-    for a rule that selects everything; whether it selects by name); ``stage_names[i]`` is
-    stage i's (pattern it thaws or freezes, ``"epoch 4"``). Names depend only on the plan and the model,
-    so they are the same on every run (state dicts). Examples: ``fc + bias,norm``,
-    ``layer 3: blocks.2``, ``layer3, thaws at epoch 4``.
+    ``rules`` are the rules that touched its parameters; ``rule_names[i]`` describes rule i:
+    (its patterns, or the kinds/modules it selects, ``""`` for a rule that selects everything;
+    whether it selects by name); ``stage_names[i]`` is stage i's (pattern it thaws or freezes,
+    ``"epoch 4"``). Examples: ``fc + bias,norm``, ``layer 3: blocks.2``,
+    ``layer3, thaws at epoch 4``.
     """
-    if a.label:
-        what = a.label
+    if label:
+        what = label
     else:
-        names = [rule_names[i] for i in a.rules if rule_names[i][0]]
-        if a.events:  # a staged group is named by what its first stage selects
-            names = [(stage_names[a.events[0][0]][0], True), *(n for n in names if not n[1])]
+        names = [rule_names[i] for i in rules if rule_names[i][0]]
+        if events:  # a staged group is named by what its first stage selects
+            names = [(stage_names[events[0][0]][0], True), *(n for n in names if not n[1])]
         what = " + ".join(dict.fromkeys(text for text, _ in names)) or "default"
-        if a.layer is not None:
-            what = f"layer {a.layer}: {what}" if what != "default" else f"layer {a.layer}"
+        if layer is not None:
+            what = f"layer {layer}: {what}" if what != "default" else f"layer {layer}"
     changes = [f"{'thaws' if action == 'thaw' else 'freezes'} at {stage_names[i][1]}"
-               for i, action in a.events]
-    state = ["frozen"] if a.frozen and not a.events else []
+               for i, action in events]
+    state = ["frozen"] if frozen and not events else []
     return ", ".join([what, *state, *changes])
 
 
-def build_groups(assignments: list[Assignment], rule_names: Sequence[tuple[str, bool]] = (),
-                 stage_names: Sequence[tuple[str, str]] = ()) -> list[Group]:
-    """Group assignments by identical settings; set ``assignment.group`` to the group index.
-
-    ``rule_names``/``stage_names`` describe the plan's rules and stages for the group names
-    (see :func:`group_name`).
-
-    Parameters that never train stay outside every group: non-floating dtypes, and parameters
-    the model itself froze that no rule or stage thaws (a PEFT base: no state, no work).
-    """
-    groups: dict[tuple, Group] = {}
-    for a in assignments:
-        if not a.record.is_float or (a.frozen_by == "model" and not a.events):
-            a.group = None
-            continue
-        key = _key(a)
-        group = groups.get(key)
-        if group is None:
-            group = Group(len(groups), group_name(a, rule_names, stage_names), a.lr, a.weight_decay, a.frozen,
-                          dict(a.options), a.events)
-            groups[key] = group
-        group.members.append(a)
-        a.group = group.index
-    out = list(groups.values())
-    _dedupe_names(out)
-    return out
-
-
-def _dedupe_names(groups: list[Group]) -> None:
+def unique(names: Sequence[str]) -> list[str]:
+    """``names`` with repeats numbered: ``fc``, ``fc #2``, ..."""
     seen: dict[str, int] = {}
-    for g in groups:
-        count = seen.get(g.name, 0)
-        seen[g.name] = count + 1
-        if count:
-            g.name = f"{g.name} #{count + 1}"
+    out = []
+    for name in names:
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(f"{name} #{count + 1}" if count else name)
+    return out

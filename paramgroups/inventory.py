@@ -334,24 +334,3 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     if not records:
         raise ModelError(f"the model ({type(model).__name__}) has no parameters")
     return records
-
-
-def module_names(records: list[ParamRecord]) -> dict[str, list[int]]:
-    """Every name a pattern is tried on, mapped to the records it covers.
-
-    A parameter name covers its record; a module name covers every record below it. Aliases
-    of tied weights contribute their own names and modules.
-    """
-    covers: dict[str, list[int]] = {}
-    for rec in records:
-        for name in rec.names:
-            end = -1
-            while True:
-                end = name.find(".", end + 1)
-                prefix = name if end < 0 else name[:end]
-                lst = covers.setdefault(prefix, [])
-                if not lst or lst[-1] != rec.index:
-                    lst.append(rec.index)
-                if end < 0:
-                    break
-    return covers

@@ -20,16 +20,18 @@ from typing import Sequence
 
 from torch import nn
 
-from .errors import PlanError
+from .errors import PlanError, Where
 from .inventory import ParamRecord, is_timm_model, unwrap
-from .patterns import NameIndex
-from .rules import Rule
+from .names import NameTable
+from .patterns import PatternList
+
+LAYERS, DECAY = Where(field="layers"), Where(field="layer_decay")  # what each error is about
 
 
 def _slot_regex(pattern: str) -> re.Pattern[str]:
     """``blocks.{i}`` -> a regex capturing the block number; ``*`` and ``**`` allowed."""
     if pattern.count("{i}") != 1:
-        raise PlanError(f"layers pattern {pattern!r} needs exactly one {{i}} slot")
+        raise PlanError(f"layers pattern {pattern!r} needs exactly one {{i}} slot", where=LAYERS)
     out = []
     for piece in re.split(r"(\{i\}|\*\*|\*)", pattern):
         out.append({"{i}": r"(\d+)", "**": r".*", "*": r"[^.]*"}.get(piece, re.escape(piece)))
@@ -50,7 +52,7 @@ def _slot_ids(records: list[ParamRecord], pattern: str) -> list[int]:
         found.append(block)
     blocks = [b for b in found if b is not None]
     if not blocks:
-        raise PlanError(f"layers pattern {pattern!r} matches no module of the model")
+        raise PlanError(f"layers pattern {pattern!r} matches no module of the model", where=LAYERS)
     last = max(blocks) + 2
     ids, seen_block = [], False
     for block in found:
@@ -63,13 +65,13 @@ def _slot_ids(records: list[ParamRecord], pattern: str) -> list[int]:
 
 
 def _list_ids(records: list[ParamRecord], patterns: Sequence[str | Sequence[str]],
-              covers: dict[str, list[int]], index: NameIndex) -> list[int]:
+              table: NameTable) -> list[int]:
     ids = [len(patterns) - 1] * len(records)
     assigned = [False] * len(records)
     for layer, pattern in enumerate(patterns):
-        hit = Rule(pattern).select(records, covers, index)
+        hit = table.select(PatternList(pattern))
         if not hit:
-            raise PlanError(f"layers[{layer}] {pattern!r} matches no parameter")
+            raise PlanError(f"layers[{layer}] {pattern!r} matches no parameter", where=LAYERS)
         for i in hit:
             if not assigned[i]:
                 ids[i], assigned[i] = layer, True
@@ -90,27 +92,22 @@ def _timm_ids(model: nn.Module, records: list[ParamRecord]) -> list[int]:
     else:
         raise PlanError("layer_decay needs layers (a pattern such as 'blocks.{i}' or a list of "
                         f"patterns), or a timm model; {type(inner).__name__} has no group_matcher() "
-                        "and no pretrained_cfg")
+                        "and no pretrained_cfg", where=DECAY)
     layer_max = max(layer_map.values())
     return [layer_map.get(rec.name, layer_max) for rec in records]
 
 
 def layer_ids(model: nn.Module, records: list[ParamRecord],
-              layers: str | Sequence[str | Sequence[str]] | None,
-              covers: dict[str, list[int]], index: NameIndex) -> list[int]:
-    """One layer id per record, from ``layers`` or, when it is None, from timm's matcher.
-
-    ``covers``/``index`` are the model's name table (:func:`paramgroups.rules.name_table`).
-    """
+              layers: str | Sequence[str | Sequence[str]] | None, table: NameTable) -> list[int]:
+    """One layer id per record, from ``layers`` (a plan's, checked when it was parsed) or,
+    when it is None, from timm's matcher. ``table`` is the model's :class:`NameTable`."""
     if layers is None:
         return _timm_ids(model, records)
     if isinstance(layers, str):
         if "{i}" in layers:
             return _slot_ids(records, layers)
-        return _list_ids(records, [layers], covers, index)
-    if not isinstance(layers, (list, tuple)) or not layers:
-        raise PlanError(f"layers must be a pattern with {{i}} or a non-empty list of patterns, got {layers!r}")
-    return _list_ids(records, layers, covers, index)
+        return _list_ids(records, [layers], table)
+    return _list_ids(records, layers, table)
 
 
 def layer_scales(ids: list[int], decay: float) -> list[float]:
@@ -127,5 +124,5 @@ def layer_scales(ids: list[int], decay: float) -> list[float]:
         scales = [math.inf]
     if not math.isfinite(scales[0]) or (decay > 0 and scales[0] == 0):
         raise PlanError(f"layer_decay {decay:g} over {top + 1} layers gives the first layer a scale "
-                        f"of {decay:g}**{top}, beyond float range: use a decay closer to 1")
+                        f"of {decay:g}**{top}, beyond float range: use a decay closer to 1", where=DECAY)
     return [scales[i] for i in ids]

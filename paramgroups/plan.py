@@ -1,16 +1,16 @@
-"""The plan: rules plus plan-wide settings, and what it emits (groups, optimizers).
+"""The plan: rules plus plan-wide settings, and what it emits (param groups, optimizers,
+the scheduler).
 
 A :class:`Plan` is declarative and model-independent: the same plan resolves on any model
-whose parameter names its rules match. Resolving it against a model gives assignments and
-groups; those become ordinary ``torch.optim`` param groups and optimizers.
+whose parameter names its rules match. Its fields are declared, parsed and written in
+:mod:`paramgroups.plan_fields`; resolving it against a model (:mod:`paramgroups.resolution`)
+gives assignments and groups, which become ordinary ``torch.optim`` param groups and optimizers.
 """
 
 from __future__ import annotations
 
-import difflib
 import gc
 import math
-import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,26 +20,18 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from . import distributed, norms, optim
-from .config import LocatedError, Locations, located, read_plan_file
-from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, PlanWarning, RuleError
-from .groups import build_groups
-from .inventory import inventory
-from .layers import layer_ids, layer_scales
-from .patterns import PatternList
-from .schedules import Schedule, check_group_lrs
-from .values import describe, is_finite_number
-from .stages import Stage, check_stages, first_step, stage_state, stage_steps, timelines
+from . import distributed, norms, optim, plan_fields, resolution
+from .config import Locations, read_plan_file
+from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, PlanWarning
+from .resolution import Resolution
+from .rules import Rule, rule_text
+from .schedules import Schedule
+from .stages import Stage, first_step, stage_state, stage_steps
+from .values import check_number, describe, is_finite_number
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
-from .rules import (RULE_FIELDS, Resolution, Rule, check_number, located_rule_error, name_table,
-                    resolve, rule_text)
 
-EXTRA_FIELDS = {"schedule": None, "layer_decay": None, "layers": None, "no_decay": False,
-                "stages": (), "bn": "freeze", "norm_trainable": False, "loraplus": None}
-LORAPLUS_FIELDS = {"ratio": None, "embedding_lr": 1e-6, "weight_decay": None}  # peft's defaults
-PLAN_FIELDS = ("rules", "lr", "weight_decay", "optimizer", *EXTRA_FIELDS)
 NO_DECAY_KINDS = ["bias", "norm", "ndim<=1", "embedding"]
 PLAN_TAG = "_paramgroups_plan"  # set on optimizers Plan.optimizer builds, read by audit()
 
@@ -59,6 +51,7 @@ class Plan:
     plan's) adds LoRA+ rules after the rules: every trainable parameter gets the LR and weight
     decay peft's ``create_loraplus_optimizer`` gives it (lora_B and 1-d: ``lr_mult`` ratio).
     Extra keyword arguments are options of the optimizer (``momentum=0.9``), validated.
+    ``_locations`` is where the values were written (:meth:`from_dict` passes a plan file's).
     """
 
     def __init__(self, rules: Iterable[Rule | Mapping[str, Any]] = (), *, lr: float | None = None,
@@ -67,11 +60,26 @@ class Plan:
                  layer_decay: float | None = None, layers: str | Sequence[Any] | None = None,
                  no_decay: bool = False, stages: Sequence[Stage | Mapping[str, Any]] = (),
                  bn: str = "freeze", norm_trainable: bool = False,
-                 loraplus: Mapping[str, float] | None = None, **optimizer_options: Any):
-        extras = {"schedule": schedule, "layer_decay": layer_decay, "layers": layers,
-                  "no_decay": no_decay, "stages": stages, "bn": bn, "norm_trainable": norm_trainable,
-                  "loraplus": loraplus}
-        self._init(rules, lr, weight_decay, optimizer, optimizer_options, Locations(None), extras)
+                 loraplus: Mapping[str, float] | None = None, _locations: Locations | None = None,
+                 **optimizer_options: Any):
+        given = {"rules": rules, "lr": lr, "weight_decay": weight_decay, "optimizer": optimizer,
+                 "schedule": schedule, "layer_decay": layer_decay, "layers": layers,
+                 "no_decay": no_decay, "stages": stages, "bn": bn, "norm_trainable": norm_trainable,
+                 "loraplus": loraplus, **optimizer_options}
+        self._loc = _locations or Locations(None)
+        values, self.optimizer_options = plan_fields.parse(given, self._loc)
+        self.optimizer_spec, self.optimizer_class = values.pop("optimizer")
+        self.rules: list[Rule] = values.pop("rules")
+        self.lr: float | None = values.pop("lr")
+        self.weight_decay: float = values.pop("weight_decay")
+        self.schedule: Schedule | None = values.pop("schedule")
+        self.layer_decay: float | None = values.pop("layer_decay")
+        self.layers: str | list | None = values.pop("layers")
+        self.no_decay: bool = values.pop("no_decay")
+        self.stages: tuple[Stage, ...] = values.pop("stages")
+        self.bn: str = values.pop("bn")
+        self.norm_trainable: bool = values.pop("norm_trainable")
+        self.loraplus: dict[str, float | None] | None = values.pop("loraplus")
 
     @classmethod
     def progressive(cls, groups: Sequence[str | Sequence[str]], every: float = 1,
@@ -88,206 +96,31 @@ class Plan:
         stages += list(plan_options.pop("stages", ()))
         return cls(rules, stages=stages, **plan_options)
 
-    def _init(self, rules: Iterable[Any], lr: Any, weight_decay: Any, optimizer: Any,
-              options: dict[str, Any], loc: Locations, extras: dict[str, Any]) -> None:
-        self._loc = loc
-        for name, default in EXTRA_FIELDS.items():
-            with located(loc, name):
-                setattr(self, name, getattr(self, f"_parse_{name}")(extras.get(name, default)))
-        self.optimizer_spec = optimizer
-        with located(loc, "optimizer"):
-            self.optimizer_class = optim.optimizer_class(optimizer)
-        with located(loc, "lr"):
-            self.lr = check_number("lr", lr, PlanError)
-        if self.schedule is not None:
-            with located(loc, "schedule"):
-                try:
-                    base_lr = self.base_lr
-                except OptimizerError:  # no lr at all: building the optimizer says so
-                    base_lr = None
-                if base_lr is not None:
-                    self.schedule.check_base_lr(base_lr)
-        with located(loc, "weight_decay"):
-            if weight_decay is None:
-                raise PlanError("weight_decay must be a number, got None")
-            self.weight_decay = check_number("weight_decay", weight_decay, PlanError)
-        self.optimizer_options = {}
-        for key, value in options.items():
-            with located(loc, key):
-                self._check_plan_option(key)
-                self.optimizer_options[key] = optim.check_option_value(self.optimizer_class, key, value)
-        self.rules = [self._rule(i, r) for i, r in enumerate(rules)]
-
-    # -- construction --------------------------------------------------------------------
-
-    @staticmethod
-    def _parse_schedule(value: Any) -> Schedule | None:
-        return value if isinstance(value, Schedule) or value is None else Schedule.from_dict(value)
-
-    @staticmethod
-    def _parse_layer_decay(value: Any) -> float | None:
-        return check_number("layer_decay", value, PlanError)
-
-    def _parse_layers(self, value: Any) -> Any:
-        if value is None:
-            return None
-        if self.layer_decay is None:
-            raise PlanError("layers is set but layer_decay is not: give layer_decay too")
-        ok = (isinstance(value, str) or (isinstance(value, list) and value and all(
-            isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v))
-            for v in value)))
-        if not ok:
-            raise PlanError("layers must be a pattern with {i} (blocks.{i}) or a non-empty list of "
-                            f"patterns, got {describe(value)}")
-        for pattern in [value] if isinstance(value, str) else value:
-            if isinstance(pattern, str) and "{i}" in pattern:
-                continue
-            PatternList(pattern)  # bad patterns fail at load
-        return value
-
-    @staticmethod
-    def _parse_no_decay(value: Any) -> bool:
-        return _flag("no_decay", value)
-
-    @staticmethod
-    def _parse_norm_trainable(value: Any) -> bool:
-        return _flag("norm_trainable", value)
-
-    @staticmethod
-    def _parse_loraplus(value: Any) -> dict[str, float | None] | None:
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            raise PlanError(f"loraplus must be a mapping (ratio: 16, embedding_lr: 1e-6, "
-                            f"weight_decay: 0.0), got {describe(value)}")
-        for key in value:
-            if key not in LORAPLUS_FIELDS:
-                close = difflib.get_close_matches(str(key), LORAPLUS_FIELDS, n=1)
-                hint = f"did you mean {close[0]!r}?" if close else f"fields: {', '.join(LORAPLUS_FIELDS)}"
-                raise PlanError(f"loraplus: unknown field {key!r} ({hint})")
-        if value.get("ratio") is None:
-            raise PlanError("loraplus needs ratio, the LR of lora_B over lora_A (LoRA+ suggests 16)")
-        out = {**LORAPLUS_FIELDS, **value}
-        return {k: check_number(f"loraplus {k}", v, PlanError) for k, v in out.items()}
-
-    @staticmethod
-    def _parse_bn(value: Any) -> str:
-        if value not in ("freeze", "train"):
-            raise PlanError(f"bn must be 'freeze' (hold the statistics of frozen norm layers) or "
-                            f"'train' (torch's behaviour), got {value!r}")
-        return value
-
-    @staticmethod
-    def _parse_stages(value: Any) -> tuple[Stage, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, (list, tuple)):
-            raise PlanError(f"stages must be a list of stages, got {type(value).__name__}")
-        stages = []
-        for i, item in enumerate(value):
-            try:
-                stages.append(item if isinstance(item, Stage) else Stage.from_dict(item))
-            except PlanError as exc:
-                raise PlanError(f"stage {i}: {exc}") from None
-        check_stages(stages)
-        return tuple(stages)
-
-    def _check_plan_option(self, key: str) -> None:
-        if not isinstance(key, str):
-            raise ConfigError(f"plan keys must be strings, got {key!r}")
-        if key == "params":
-            raise PlanError("'params' is not a plan field: the plan finds the parameters itself")
-        if not optim.takes(self.optimizer_class, key):
-            raise OptimizerError(_unknown(key, PLAN_FIELDS, self.optimizer_class))
-
-    def _rule(self, index: int, rule: Rule | Mapping[str, Any]) -> Rule:
-        line = self._loc.line("rules", index)
-        try:
-            if isinstance(rule, Rule):
-                built = rule
-            elif isinstance(rule, Mapping):
-                built = self._rule_from_mapping(index, rule)
-            else:
-                raise RuleError(f"a rule must be a mapping of fields, got {rule!r}")
-            for key, value in built.options.items():
-                self._check_rule_option(key)
-                built.options[key] = optim.check_option_value(self.optimizer_class, key, value)
-            return built
-        except LocatedError as exc:
-            raise exc.error from None
-        except ParamgroupsError as exc:
-            raise located_rule_error(exc, index, self._loc.source, line) from None
-
-    def _check_rule_option(self, key: Any) -> None:
-        if not isinstance(key, str):
-            raise RuleError(f"rule keys must be strings, got {key!r}")
-        if key not in RULE_FIELDS and not optim.takes(self.optimizer_class, key):
-            raise RuleError(_unknown(key, RULE_FIELDS, self.optimizer_class))
-
-    def _rule_from_mapping(self, index: int, data: Mapping[str, Any]) -> Rule:
-        for key in data:
-            try:
-                self._check_rule_option(key)
-            except RuleError as exc:  # point at the key's own line
-                line = self._loc.line("rules", index, key)
-                raise LocatedError(located_rule_error(exc, index, self._loc.source, line)) from None
-        return Rule(**data, source=self._loc.source, line=self._loc.line("rules", index))
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None,
                   locations: Locations | None = None) -> "Plan":
-        """Build a plan from the mapping a plan file parses to."""
+        """Build a plan from the mapping a plan file parses to: the keyword call with the
+        mapping's fields, errors located where ``locations`` says they were written."""
         loc = locations or Locations(source)
         if not isinstance(data, Mapping):
-            raise ConfigError(f"{loc.prefix()}a plan must be a mapping of fields, got {type(data).__name__}")
-        fields = dict(data)
-        rules = fields.pop("rules", None)
-        if rules is None:
-            rules = []
-        if not isinstance(rules, list):
-            raise ConfigError(f"{loc.prefix('rules')}rules must be a list of rules, got {type(rules).__name__}")
-        plan = cls.__new__(cls)
-        extras = {k: fields.pop(k) for k in EXTRA_FIELDS if k in fields}
-        plan._init(rules, fields.pop("lr", None), fields.pop("weight_decay", 0.0),
-                   fields.pop("optimizer", "sgd"), fields, loc, extras)
-        return plan
+            raise loc.locate(ConfigError(f"a plan must be a mapping of fields, got {type(data).__name__}"))
+        for key in data:
+            if not isinstance(key, str) or key == "_locations":
+                raise loc.locate(ConfigError(f"plan keys must be strings naming plan fields or "
+                                             f"optimizer options, got {key!r}"))
+        return cls(**data, _locations=loc)
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         """Read a YAML, TOML or JSON plan file."""
         data, loc = read_plan_file(path)
-        if data is None:
-            data = {}
-        return cls.from_dict(data, locations=loc)
+        return cls.from_dict({} if data is None else data, locations=loc)
 
     def to_dict(self) -> dict[str, Any]:
         """The plan-file form; ``Plan.from_dict(plan.to_dict())`` gives an equal plan."""
-        spec = self.optimizer_spec
-        out: dict[str, Any] = {
-            "optimizer": spec if isinstance(spec, str) else f"{spec.__module__}:{spec.__qualname__}",
-        }
-        if self.lr is not None:
-            out["lr"] = self.lr
-        out["weight_decay"] = self.weight_decay
-        out.update(self.optimizer_options)
-        if self.schedule is not None:
-            out["schedule"] = self.schedule.to_dict()
-        if self.layer_decay is not None:
-            out["layer_decay"] = self.layer_decay
-        if self.layers is not None:
-            out["layers"] = self.layers
-        if self.no_decay:
-            out["no_decay"] = True
-        if self.stages:
-            out["stages"] = [st.to_dict() for st in self.stages]
-        if self.bn != "freeze":
-            out["bn"] = self.bn
-        if self.norm_trainable:
-            out["norm_trainable"] = True
-        if self.loraplus is not None:
-            out["loraplus"] = {k: v for k, v in self.loraplus.items() if v is not None}
-        out["rules"] = [r.to_dict() for r in self.rules]
-        return out
+        values = {name: getattr(self, name) for name in plan_fields.NAMES if name != "optimizer"}
+        values["optimizer"] = plan_fields.OptimizerChoice(self.optimizer_spec, self.optimizer_class)
+        return plan_fields.to_dict(values, self.optimizer_options)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self.to_dict() == other.to_dict()
@@ -328,54 +161,20 @@ class Plan:
 
     def resolve(self, model: nn.Module, *, strict: bool = True) -> Resolution:
         """Resolve the rules against ``model``: assignments, groups and problems."""
-        with _gc_paused(), self._in_file():  # many small objects, no cycles: GC only costs time
-            return self._resolve(model, strict)
+        with _gc_paused():  # many small objects, no cycles: GC only costs time
+            try:
+                return resolution.resolve(self, model, strict=strict)
+            except ParamgroupsError as exc:
+                raise self._loc.locate(exc) from None
 
     @contextmanager
     def _in_file(self) -> Iterator[None]:
-        """Errors found against a model still name the plan file (and the line when known)."""
+        """Errors of the schedule found when it runs (a total left to a trainer) name the
+        plan file's schedule line, as the plan's own errors do."""
         try:
             yield
         except ParamgroupsError as exc:
-            source = self._loc.source
-            if source is None or str(exc).startswith(source):
-                raise
-            text = str(exc)
-            stage = re.match(r"stage (\d+):", text)
-            key: tuple = ("stages", int(stage.group(1))) if stage else next(
-                ((k,) for k in ("layers", "layer_decay", "schedule") if text.startswith(k)), ())
-            raise type(exc)(f"{self._loc.prefix(*key)}{text}") from None
-
-    def _resolve(self, model: nn.Module, strict: bool) -> Resolution:
-        records = inventory(model)
-        covers, index = name_table(records)
-        layers = scales = None
-        if self.layer_decay is not None:
-            layers = layer_ids(model, records, self.layers, covers, index)
-            scales = layer_scales(layers, self.layer_decay)
-        rules = self.all_rules
-        res = resolve(records, rules, base_lr=self.base_lr, base_weight_decay=self.weight_decay,
-                      strict=strict, layers=layers, scales=scales, covers=covers, index=index)
-        # norm_trainable overrides the plan's own freezing, never the model's (a PEFT base norm)
-        keep = [self.norm_trainable and "norm" in a.record.kinds and a.record.is_float
-                and a.frozen_by != "model" for a in res.assignments]
-        frozen = [a.frozen and not k for a, k in zip(res.assignments, keep)]
-        events, start = timelines(records, self.stages, frozen, keep, res.covers, res.index)
-        for a, ev, fr in zip(res.assignments, events, start):
-            if fr != a.frozen:  # norm_trainable, or a stage at time 0
-                at_zero = [i for i, _ in ev if self.stages[i].when == 0]
-                a.frozen_by = f"stage {at_zero[-1]}" if fr and at_zero else None
-            a.events, a.frozen = ev, fr
-        res.groups = build_groups(res.assignments, self.rule_texts(rules), self._stage_texts())
-        check_group_lrs(self.schedule or Schedule(), self.base_lr, [
-            (g.name, g.lr, [self.stages[i].lr_mult for i, act in g.events if act == "thaw"])
-            for g in res.groups])
-        if not optim.takes(self.optimizer_class, "weight_decay"):
-            wd = sorted({g.weight_decay for g in res.groups if g.weight_decay})
-            if wd:
-                raise OptimizerError(f"optimizer {self.optimizer_class.__name__} does not take "
-                                     f"weight_decay, but the plan gives {wd[0]:g}")
-        return res
+            raise self._loc.locate(exc.at(field="schedule")) from None
 
     def rule_texts(self, rules: Sequence[Rule]) -> list[tuple[str, bool]]:
         """Short names of ``rules`` (``self.all_rules``) for group names and messages: each rule's
@@ -383,14 +182,6 @@ class Plan:
         loraplus = len(rules) - len(self.rules) - self.no_decay
         shorthand = ["loraplus"] * loraplus + ["no_decay"] * self.no_decay
         return [rule_text(r) for r in self.rules] + [(name, False) for name in shorthand]
-
-    def _stage_texts(self) -> list[tuple[str, str]]:
-        out = []
-        for st in self.stages:
-            what = st.unfreeze if st.unfreeze is not None else st.freeze
-            when = f"epoch {st.epoch:g}" if st.epoch is not None else f"step {st.step}"
-            out.append((what if isinstance(what, str) else ",".join(what), when))
-        return out
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Plain torch param-group dicts (also what DeepSpeed and other engines take)."""
@@ -434,8 +225,10 @@ class Plan:
         On CUDA parameters it uses the fused implementation where the optimizer has one, else
         foreach; on the CPU, foreach. ``fused``/``foreach`` in the plan override both.
         """
-        with self._in_file():
+        try:
             return self._build_optimizer(res)
+        except ParamgroupsError as exc:
+            raise self._loc.locate(exc) from None
 
     def _build_optimizer(self, res: Resolution) -> torch.optim.Optimizer:
         res.check_conflicts()
@@ -458,7 +251,6 @@ class Plan:
         setattr(opt, PLAN_TAG, Binding(self, res, None))  # audit() tells plan-built ones apart
         return opt
 
-
     def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int | None = None
                   ) -> "PlanScheduler":
         """The LR scheduler for ``optimizer`` (built by this plan): a torch ``LRScheduler``.
@@ -479,8 +271,11 @@ class Plan:
             warnings.warn(message, PlanWarning, stacklevel=2)
         with self._in_file():
             (self.schedule or Schedule()).require_total()
+        try:
             return PlanScheduler(optimizer, self.schedule or Schedule(), base_lr=self.base_lr,
                                  steps_per_epoch=steps_per_epoch, binding=binding)
+        except ParamgroupsError as exc:
+            raise self._loc.locate(exc) from None
 
     def warnings(self, steps_per_epoch: int | None = None) -> list[str]:
         """What in this plan probably is not meant, for a scheduler stepped as given: a stage
@@ -567,12 +362,6 @@ class Binding:
     model: nn.Module | None
 
 
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise PlanError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     enabled = gc.isenabled()
@@ -586,11 +375,3 @@ def _gc_paused() -> Iterator[None]:
 
 def _single_group(cls: type) -> bool:
     return issubclass(cls, torch.optim.LBFGS)
-
-
-def _unknown(key: str, fields: Sequence[str], cls: type) -> str:
-    """An unknown key, with the closest of the plan's own fields and the optimizer's options."""
-    valid = list(dict.fromkeys([*fields, *optim.accepted_options(cls)[0]]))
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
-    return f"unknown field {key!r} (not a plan field nor an option of {cls.__name__}; {hint})"

@@ -1,22 +1,23 @@
-"""Rules and the cascade that resolves them into one assignment per parameter.
+"""Rules and the cascade: which rules touch each parameter, in order.
 
 Rules apply in order. Every rule that selects a parameter sets the fields it names; a later
-rule overrides an earlier one field by field, like CSS. The result records, per parameter,
-the final settings and the rules that touched it, so the audit can say why.
+rule overrides an earlier one field by field, like CSS. :func:`cascade` records, per parameter,
+the rules that touched it; :func:`merged` turns such a list into the final fields, so the
+audit can say why a parameter got what it got.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Sequence
 
-from .errors import ParamgroupsError, RuleError, UnmatchedRuleError
-from .inventory import KINDS, ParamRecord, module_names
+from .errors import RuleError, UnmatchedRuleError, Where
+from .inventory import KINDS, ParamRecord
+from .names import NameTable
 from .patterns import NameIndex, PatternList
-from .values import describe, is_finite_number
+from .ties import TieWatch
+from .values import check_flag, check_number, hint
 
 SETTINGS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group")
 RULE_FIELDS = ("match", "modules", "within", "kinds", "optional", *SETTINGS)
@@ -31,17 +32,6 @@ def _as_list(value: Any, what: str) -> list[str] | None:
     return list(items)
 
 
-def check_number(name: str, value: Any, error: type[ParamgroupsError] = RuleError) -> float | None:
-    """``None``, or a finite non-negative number (not a bool); else ``error`` saying so."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise error(f"{name} must be a number, got {describe(value)}")
-    if not is_finite_number(value) or value < 0:
-        raise error(f"{name} must be a finite number >= 0, got {describe(value)}")
-    return value
-
-
 @dataclass
 class Rule:
     """Select parameters by name, owning module class and kind, and set what they get.
@@ -53,6 +43,7 @@ class Rule:
     class of any module above the parameter, its owner included (globs, base classes and mixins
     count: ``LlamaAttention``, ``*DecoderLayer``, ``LoraLayer``). Settings left ``None`` are
     not touched by this rule. Extra keyword arguments are per-group optimizer options.
+    ``source``/``line`` say where the rule was written (a plan file), for messages.
     """
 
     match: str | list[str] = "**"
@@ -86,21 +77,15 @@ class Rule:
         self.kinds = _as_list(kinds, "kinds")
         for kind in self.kinds or ():
             if kind not in KINDS:
-                close = difflib.get_close_matches(kind, KINDS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f" (kinds: {', '.join(KINDS)})"
-                raise RuleError(f"unknown kind {kind!r}{hint}")
-        if not isinstance(optional, bool):
-            raise RuleError(f"optional must be true or false, got {optional!r}")
-        if freeze is not None and not isinstance(freeze, bool):
-            raise RuleError(f"freeze must be true or false, got {freeze!r}")
+                raise RuleError(f"unknown kind {kind!r} ({hint(kind, KINDS, what='kinds:')})")
+        self.optional = check_flag("optional", optional, RuleError)
+        self.freeze = None if freeze is None else check_flag("freeze", freeze, RuleError)
         if group is not None and not isinstance(group, str):
             raise RuleError(f"group must be a string, got {group!r}")
-        self.optional = optional
-        self.lr = check_number("lr", lr)
-        self.lr_mult = check_number("lr_mult", lr_mult)
-        self.weight_decay = check_number("weight_decay", weight_decay)
-        self.wd_mult = check_number("wd_mult", wd_mult)
-        self.freeze = freeze
+        self.lr = check_number("lr", lr, RuleError)
+        self.lr_mult = check_number("lr_mult", lr_mult, RuleError)
+        self.weight_decay = check_number("weight_decay", weight_decay, RuleError)
+        self.wd_mult = check_number("wd_mult", wd_mult, RuleError)
         self.group = group
         self.options = dict(optimizer_options)
         self.source = source
@@ -124,23 +109,28 @@ class Rule:
         out.update(self.settings())
         return out
 
-    def where(self, index: int) -> str:
-        """``file:line: rule N`` (or ``rule N``) for error messages."""
-        loc = f"{self.source}:{self.line}: " if self.source and self.line else ""
-        return f"{loc}rule {index}"
+    def location(self, index: int) -> Where:
+        """Where this rule, rule ``index`` of its plan, was written."""
+        return Where(source=self.source, line=self.line, rule=index)
 
-    def select(self, records: list[ParamRecord], covers: dict[str, list[int]],
-               index: NameIndex) -> list[int]:
-        """Indices of the records this rule selects, in model order."""
-        if self.patterns.everything:
-            chosen = set(range(len(records)))
-        else:
-            chosen = _covered(covers, self.patterns.select(index))
-        if self.patterns.exclude:
-            chosen -= _covered(covers, self.patterns.select(index, "exclude"))
+    def where(self, index: int) -> str:
+        """``file:line: rule N`` (or ``rule N``), to name this rule inside a message."""
+        return self.location(index).prefix().removesuffix(": ")
+
+    def select(self, records: Sequence[ParamRecord], table: NameTable | dict[str, list[int]],
+               index: NameIndex | None = None) -> list[int]:
+        """Indices of the records this rule selects, in model order.
+
+        ``table`` is the model's :class:`NameTable` (``(covers, index)`` given apart is read as
+        one: :func:`paramgroups.models.checkpoint_blind_spots` still passes them so)."""
+        if index is not None:
+            table = NameTable(table, index, len(records))
+        chosen = table.select(self.patterns)
+        if self.modules is None and self.within is None and self.kinds is None:
+            return chosen
         out = []
         inside: dict[frozenset[str], bool] = {}  # records share a handful of enclosing sets
-        for idx in sorted(chosen):
+        for idx in chosen:
             rec = records[idx]
             if self.modules is not None and not any(
                 fnmatchcase(cls, pat) for cls in rec.module_classes for pat in self.modules
@@ -156,199 +146,69 @@ class Rule:
             out.append(idx)
         return out
 
-
-def _covered(covers: dict[str, list[int]], names: set[str]) -> set[int]:
-    found: set[int] = set()
-    for name in names:
-        found.update(covers[name])
-    return found
-
-
-@dataclass
-class Assignment:
-    """The resolved settings of one parameter and the rules that produced them."""
-
-    record: ParamRecord
-    lr: float
-    weight_decay: float
-    frozen: bool
-    label: str | None
-    options: dict[str, Any]
-    rules: list[int]
-    group: int | None = None  # index of its param group, set by grouping
-    layer: int | None = None  # layer id under layer-wise LR decay
-    lr_scale: float = 1.0     # the layer-decay scale already folded into ``lr``
-    events: tuple = ()        # (stage index, "thaw" | "freeze") that change its frozen state
-    frozen_by: str | None = None  # who set the state at step 0: "rule N", "model" or "dtype"
+    def describe(self) -> str:
+        """What the rule selects by: ``match 'fc' with kinds ['bias']``."""
+        parts = [f"match {self.match!r}"]
+        for key in ("modules", "within", "kinds"):
+            if getattr(self, key) is not None:
+                parts.append(f"{key} {getattr(self, key)!r}")
+        return " with ".join(parts)
 
 
-@dataclass
-class Resolution:
-    """The outcome of resolving rules against a model's inventory."""
+def name_table(records: Sequence[ParamRecord]) -> tuple[dict[str, list[int]], NameIndex]:
+    """The model's name table as ``(covers, index)``, as
+    :func:`paramgroups.models.checkpoint_blind_spots` takes it (see :class:`NameTable`)."""
+    table = NameTable.of(records)
+    return table.covers, table.index
 
-    records: list[ParamRecord]
-    assignments: list[Assignment]
+
+@dataclass(frozen=True)
+class Cascade:
+    """What the rules did to a model: per record, the rules that touched it (in order); rules
+    that matched nothing (``unmatched``, with their errors) and tied-weight ``conflicts``."""
+
+    touched: list[tuple[int, ...]]
     unmatched: list[int]
-    problems: list[str]
-    groups: list = field(default_factory=list)  # list[groups.Group], filled by the plan
-    covers: dict[str, list[int]] = field(default_factory=dict, repr=False)
-    index: NameIndex | None = field(default=None, repr=False)
-    conflicts: list[str] = field(default_factory=list)  # tied names given different values
-
-    def check_conflicts(self) -> None:
-        """Raise on rules that disagree about one tied tensor: no optimizer is built on a coin flip."""
-        if self.conflicts:
-            raise RuleError(self.conflicts[0])
+    errors: list[UnmatchedRuleError]
+    conflicts: list[RuleError]
 
 
-def closest_hint(pattern: str, covers: dict[str, list[int]], n: int = 3) -> str:
-    """``; closest names: ...`` — the real names a pattern was probably meant to say, or ""."""
-    text = pattern.lstrip("!")
-    text = text[3:] if text.startswith("re:") else text
-    close = difflib.get_close_matches(text, list(covers), n=n, cutoff=0.4)
-    return f"; closest names: {', '.join(close)}" if close else ""
-
-
-def name_table(records: list[ParamRecord]) -> tuple[dict[str, list[int]], NameIndex]:
-    """The names patterns are tried on (with the records each covers) and their sorted index,
-    built once per model and shared by rules, stages and layer lists."""
-    covers = module_names(records)
-    return covers, NameIndex(covers)
-
-
-def resolve(records: list[ParamRecord], rules: Sequence[Rule], *, base_lr: float,
-            base_weight_decay: float, strict: bool = True,
-            layers: list[int] | None = None, scales: list[float] | None = None,
-            covers: dict[str, list[int]] | None = None, index: NameIndex | None = None) -> Resolution:
-    """Apply ``rules`` in order to ``records`` and return one assignment per record.
-
-    ``layers``/``scales`` (one per record) apply layer-wise LR decay on top of the cascade;
-    ``covers``/``index`` (from :func:`name_table`) are built here unless the caller has them.
+def cascade(records: Sequence[ParamRecord], rules: Sequence[Rule], table: NameTable, *,
+            strict: bool = True) -> Cascade:
+    """Apply ``rules`` in order to ``records``: which rules touch each record.
 
     With ``strict``, a rule that matches nothing and is not optional raises
-    :class:`UnmatchedRuleError`; otherwise it is reported in ``Resolution.problems``.
+    :class:`UnmatchedRuleError`; otherwise it is listed in ``Cascade.unmatched``.
     """
-    if covers is None or index is None:
-        covers, index = name_table(records)
-    fields: list[dict[str, Any]] = [{} for _ in records]
     touched: list[list[int]] = [[] for _ in records]
-    freezer: dict[int, int] = {}  # record -> the last rule that set its ``freeze``
-    unmatched, problems = [], []
-    ties = TieWatch(records, index)
+    unmatched, errors = [], []
+    ties = TieWatch(records, table.index)
     for i, rule in enumerate(rules):
-        selected = rule.select(records, covers, index)
+        selected = rule.select(records, table)
         ties.observe(i, rule, selected)
         if not selected and not rule.optional:
-            hint = closest_hint(str(rule.patterns.texts[0]), covers)
-            msg = (f"{rule.where(i)}: {_describe(rule)} matches no parameter{hint} "
-                   f"(mark the rule optional: true if that is expected)")
+            error = UnmatchedRuleError(
+                f"{rule.describe()} matches no parameter{table.closest(str(rule.patterns.texts[0]))} "
+                f"(mark the rule optional: true if that is expected)", where=rule.location(i))
             if strict:
-                raise UnmatchedRuleError(msg)
+                raise error
             unmatched.append(i)
-            problems.append(msg)
-        settings = rule.settings()
+            errors.append(error)
         for idx in selected:
             touched[idx].append(i)
-            fields[idx].update(settings)
-            if rule.freeze is not None:
-                freezer[idx] = i
-    conflicts = ties.conflicts(rules)
-    problems.extend(conflicts)
-    assignments = []
-    for i, (rec, f, rules_hit) in enumerate(zip(records, fields, touched)):
-        scale = scales[i] if scales is not None else 1.0
-        lr = f.get("lr", base_lr) * f.get("lr_mult", 1.0) * scale
-        wd = f.get("weight_decay", base_weight_decay) * f.get("wd_mult", 1.0)
-        options = {k: v for k, v in f.items() if k not in SETTINGS}
-        frozen, by = _start_state(rec, f.get("freeze"), freezer.get(i))
-        if not (math.isfinite(lr) and math.isfinite(wd)):
-            raise RuleError(f"{rec.name}: lr {lr:g} / weight_decay {wd:g} overflow (rules "
-                            f"{rules_hit} multiply to infinity): use smaller values")
-        assignments.append(Assignment(rec, lr, wd, frozen, f.get("group"), options, rules_hit,
-                                      layer=layers[i] if layers is not None else None,
-                                      lr_scale=scale, frozen_by=by))
-    return Resolution(records, assignments, unmatched, problems, covers=covers, index=index,
-                      conflicts=conflicts)
+    return Cascade([tuple(t) for t in touched], unmatched, errors, ties.conflicts(rules))
 
 
-def _start_state(rec: ParamRecord, freeze: bool | None, rule: int | None) -> tuple[bool, str | None]:
-    """(frozen, who decided) before any stage: a rule's ``freeze`` if one set it, else the
-    model's own ``requires_grad`` (a plan changes only what it says); integers never train."""
-    if not rec.is_float:
-        return True, "dtype"
-    if freeze is not None:
-        return freeze, f"rule {rule}"
-    frozen = not rec.param.requires_grad
-    return frozen, "model" if frozen else None
-
-
-class TieWatch:
-    """Finds rules that give different values to different names of one tied tensor.
-
-    Tied weights (GPT-2's ``transformer.wte.weight`` is ``lm_head.weight``) are one tensor with
-    one setting; two rules that each name only one alias and disagree would otherwise resolve by
-    rule order, silently. Rules that select nested sets of the names (``**`` then ``lm_head``)
-    are an ordinary cascade.
-    """
-
-    def __init__(self, records: list[ParamRecord], index: NameIndex):
-        self.records = records
-        self.index = index
-        self.tied = {r.index for r in records if r.aliases}
-        self.seen: dict[int, list[tuple[int, frozenset[str]]]] = {}  # record -> (rule, names)
-
-    def observe(self, rule_index: int, rule: Rule, selected: list[int]) -> None:
-        hit = [i for i in selected if i in self.tied] if self.tied else []
-        if not hit:
-            return
-        if rule.patterns.everything and not rule.patterns.exclude:
-            for i in hit:
-                self.seen.setdefault(i, []).append((rule_index, frozenset(self.records[i].names)))
-            return
-        include = None if rule.patterns.everything else rule.patterns.select(self.index)
-        exclude = rule.patterns.select(self.index, "exclude") if rule.patterns.exclude else set()
-        for i in hit:
-            names = frozenset(n for n in self.records[i].names
-                              if (include is None or _under(n, include)) and not _under(n, exclude))
-            self.seen.setdefault(i, []).append((rule_index, names))
-
-    def conflicts(self, rules: Sequence[Rule]) -> list[str]:
-        out = []
-        for idx, hits in self.seen.items():
-            for later, (j, names_j) in enumerate(hits):
-                for i, names_i in hits[:later]:
-                    if names_i <= names_j or names_j <= names_i:
-                        continue
-                    clash = _clashing(rules[i].settings(), rules[j].settings())
-                    if clash:
-                        out.append(_tie_message(self.records[idx], rules, (i, names_i), (j, names_j), clash))
-        return out
-
-
-def _under(name: str, names: set[str]) -> bool:
-    """Whether ``name`` or a module above it is in ``names``."""
-    end = -1
-    while True:
-        end = name.find(".", end + 1)
-        if (name if end < 0 else name[:end]) in names:
-            return True
-        if end < 0:
-            return False
-
-
-def _clashing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [k for k in a if k in b and a[k] != b[k]]
-
-
-def _tie_message(rec: ParamRecord, rules: Sequence[Rule], first: tuple[int, frozenset[str]],
-                 second: tuple[int, frozenset[str]], keys: list[str]) -> str:
-    (i, names_i), (j, names_j) = first, second
-    a, b = rules[i].settings(), rules[j].settings()
-    diff = "; ".join(f"{k}: {a[k]!r} vs {b[k]!r}" for k in keys)
-    return (f"{rules[j].where(j)}: {' and '.join(rec.names)} are one tied tensor, but "
-            f"{rules[i].where(i)} sets it through {', '.join(sorted(names_i))} and rule {j} through "
-            f"{', '.join(sorted(names_j))} to other values ({diff}); rule {j} would win silently: "
-            f"give both names the same settings, or select them in one rule")
+def merged(rules: Sequence[Rule], touched: Sequence[int]) -> tuple[dict[str, Any], int | None]:
+    """The fields the rules ``touched`` (indices, in order) give, later ones winning field by
+    field, and the last of them that set ``freeze`` (None if none did)."""
+    fields: dict[str, Any] = {}
+    freezer = None
+    for i in touched:
+        fields.update(rules[i].settings())
+        if rules[i].freeze is not None:
+            freezer = i
+    return fields, freezer
 
 
 def rule_text(rule: Rule) -> tuple[str, bool]:
@@ -358,21 +218,3 @@ def rule_text(rule: Rule) -> tuple[str, bool]:
         text = rule.match if isinstance(rule.match, str) else ",".join(rule.match)
         return text, True
     return ",".join([*(rule.modules or ()), *(rule.within or ()), *(rule.kinds or ())]), False
-
-
-def _describe(rule: Rule) -> str:
-    parts = [f"match {rule.match!r}"]
-    if rule.modules is not None:
-        parts.append(f"modules {rule.modules!r}")
-    if rule.within is not None:
-        parts.append(f"within {rule.within!r}")
-    if rule.kinds is not None:
-        parts.append(f"kinds {rule.kinds!r}")
-    return " with ".join(parts)
-
-
-def located_rule_error(exc: ParamgroupsError, rule_index: int, source: str | None = None,
-                       line: int | None = None) -> ParamgroupsError:
-    """Re-create ``exc`` (same class) with ``file:line: rule N:`` in front of its message."""
-    loc = f"{source}:{line}: " if source and line else (f"{source}: " if source else "")
-    return type(exc)(f"{loc}rule {rule_index}: {exc}")

@@ -17,11 +17,11 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from .errors import PlanError, UnmatchedRuleError
+from .errors import PlanError, UnmatchedRuleError, Where
 from .inventory import ParamRecord, inventory
-from .patterns import NameIndex, PatternList
-from .rules import Rule, closest_hint, name_table
-from .values import describe, is_finite_number
+from .names import NameTable
+from .patterns import PatternList
+from .values import check_number, describe, hint
 
 STAGE_FIELDS = ("epoch", "step", "unfreeze", "freeze", "lr_mult", "warmup", "warmup_start")
 
@@ -47,7 +47,8 @@ class Stage:
         if (self.epoch is None) == (self.step is None):
             raise PlanError("a stage needs exactly one of epoch or step")
         when = self.epoch if self.epoch is not None else self.step
-        _number("epoch" if self.epoch is not None else "step", when)
+        check_number("stage epoch" if self.epoch is not None else "stage step", when, PlanError,
+                     optional=False)
         if self.step is not None and int(self.step) != self.step:
             raise PlanError(f"stage step must be a whole number, got {self.step!r}")
         if self.unfreeze is None and self.freeze is None:
@@ -62,9 +63,8 @@ class Stage:
                 raise PlanError(f"stage {name} must be a pattern or a list of patterns, got {describe(value)}")
             if value is not None:
                 PatternList(list(value) if isinstance(value, tuple) else value)  # bad patterns fail at load
-        _number("lr_mult", self.lr_mult)
-        _number("warmup", self.warmup)
-        _number("warmup_start", self.warmup_start)
+        for name in ("lr_mult", "warmup", "warmup_start"):
+            check_number(f"stage {name}", getattr(self, name), PlanError, optional=False)
         if self.warmup_start > 1:
             raise PlanError(f"stage warmup_start is a factor in [0, 1], got {self.warmup_start:g}")
 
@@ -78,11 +78,7 @@ class Stage:
             raise PlanError(f"a stage must be a mapping of fields, got {data!r}")
         unknown = [k for k in data if k not in STAGE_FIELDS]
         if unknown:
-            import difflib
-
-            close = difflib.get_close_matches(str(unknown[0]), STAGE_FIELDS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (fields: {', '.join(STAGE_FIELDS)})"
-            raise PlanError(f"unknown stage field {unknown[0]!r}{hint}")
+            raise PlanError(f"unknown stage field {unknown[0]!r} ({hint(unknown[0], STAGE_FIELDS, what='fields:')})")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,11 +93,6 @@ class Stage:
         return out
 
 
-def _number(name: str, value: Any) -> None:
-    if not is_finite_number(value) or value < 0:
-        raise PlanError(f"stage {name} must be a finite number >= 0, got {describe(value)}")
-
-
 Event = tuple[int, str]  # (stage index, "thaw" | "freeze")
 
 
@@ -112,43 +103,49 @@ def check_stages(stages: Sequence[Stage]) -> None:
         raise PlanError("stages mix epoch= and step=: use one unit for all stages of a plan")
 
 
+def stage_text(stage: Stage) -> tuple[str, str]:
+    """What ``stage`` thaws (or freezes) and when, for group names: ``("layer4", "epoch 4")``."""
+    what = stage.unfreeze if stage.unfreeze is not None else stage.freeze
+    when = f"epoch {stage.epoch:g}" if stage.epoch is not None else f"step {stage.step}"
+    return what if isinstance(what, str) else ",".join(what), when
+
+
 def stage_order(stages: Sequence[Stage]) -> list[int]:
     """Stage indices in time order (stable for stages at the same time)."""
     return sorted(range(len(stages)), key=lambda i: stages[i].when)
 
 
-def timelines(records: list[ParamRecord], stages: Sequence[Stage], frozen: list[bool],
-              keep_trainable: list[bool], covers: dict[str, list[int]] | None = None,
-              index: NameIndex | None = None) -> tuple[list[tuple[Event, ...]], list[bool]]:
+def timelines(records: Sequence[ParamRecord], stages: Sequence[Stage], frozen: Sequence[bool],
+              keep_trainable: Sequence[bool], table: NameTable
+              ) -> tuple[list[tuple[Event, ...]], list[bool]]:
     """Per record: the stage events that change its frozen state, and its state at step 0.
 
     ``frozen`` is the state the rules give; ``keep_trainable`` marks records no stage may
     freeze (norm parameters with ``norm_trainable``). A stage that thaws a parameter that is
-    already trainable, or freezes a frozen one, is no event for it.
+    already trainable, or freezes a frozen one, is no event for it. ``table`` is the model's
+    :class:`NameTable`.
     """
     if not stages:
         return [()] * len(records), list(frozen)
-    if covers is None or index is None:
-        covers, index = name_table(records)
     picks = []
     for i, stage in enumerate(stages):
         pick = {}
         for action, patterns in (("thaw", stage.unfreeze), ("freeze", stage.freeze)):
             if patterns is None:
                 continue
-            rule = Rule(patterns if isinstance(patterns, str) else list(patterns))
-            chosen = rule.select(records, covers, index)
+            selection = PatternList(patterns if isinstance(patterns, str) else list(patterns))
+            chosen = table.select(selection)
             if not chosen:
-                hint = closest_hint(rule.patterns.texts[0], covers)
-                raise UnmatchedRuleError(f"stage {i}: {action} {patterns!r} matches no parameter{hint}")
-            pick[action] = set(chosen)
+                raise UnmatchedRuleError(f"{action} {patterns!r} matches no parameter"
+                                         f"{table.closest(selection.texts[0])}", where=Where(stage=i))
+            pick[action] = chosen
         picks.append(pick)
     events: list[list[Event]] = [[] for _ in records]
     state = list(frozen)
     start = list(frozen)
     for i in stage_order(stages):
         for action in ("thaw", "freeze"):
-            for idx in sorted(picks[i].get(action, ())):
+            for idx in picks[i].get(action, ()):
                 if not records[idx].is_float or keep_trainable[idx]:
                     continue
                 if state[idx] == (action == "thaw"):
@@ -213,10 +210,10 @@ def _select(model: nn.Module, patterns: tuple[str, ...]) -> list[nn.Parameter]:
     if not patterns:
         raise UnmatchedRuleError("give at least one pattern to select parameters")
     records = inventory(model)
-    covers, index = name_table(records)
-    selected = Rule(list(patterns)).select(records, covers, index)
+    table = NameTable.of(records)
+    selected = table.select(PatternList(list(patterns)))
     if not selected:
-        raise UnmatchedRuleError(f"{list(patterns)!r} matches no parameter{closest_hint(patterns[0], covers)}")
+        raise UnmatchedRuleError(f"{list(patterns)!r} matches no parameter{table.closest(patterns[0])}")
     return [records[i].param for i in selected if records[i].is_float]
 
 

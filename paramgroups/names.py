@@ -1,0 +1,75 @@
+"""The name table: every name a pattern is tried on, and the parameters each one covers.
+
+A pattern is tried on a parameter's name and on every module name above it, so a module match
+covers its subtree (DESIGN.md). The table maps each of those names to the records (inventory
+indices) it covers, beside a sorted :class:`~paramgroups.patterns.NameIndex` of them that lets a
+glob look only at the names its literal parts allow. It is built once per model and shared by
+rules, stages, layer lists and one-off freezing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .inventory import ParamRecord
+from .patterns import NameIndex, PatternList
+
+
+@dataclass(frozen=True)
+class NameTable:
+    """``covers``: name -> indices of the records it covers (in model order); ``index``: the
+    same names, sorted, for pattern lookups; ``size``: the number of records."""
+
+    covers: dict[str, list[int]] = field(repr=False)
+    index: NameIndex = field(repr=False)
+    size: int
+
+    @classmethod
+    def of(cls, records: Sequence[ParamRecord]) -> "NameTable":
+        """The table of a model's records: parameter names, aliases of tied weights, and every
+        module name above them."""
+        covers = _covers(records)
+        return cls(covers, NameIndex(covers), len(records))
+
+    def select(self, patterns: PatternList) -> list[int]:
+        """Indices (sorted) of the records ``patterns`` select: covered by an include pattern
+        and by no exclude pattern; a list of only exclusions starts from every record."""
+        if patterns.everything:
+            chosen = set(range(self.size))
+        else:
+            chosen = self._covered(patterns.select(self.index))
+        if patterns.exclude:
+            chosen -= self._covered(patterns.select(self.index, "exclude"))
+        return sorted(chosen)
+
+    def _covered(self, names: set[str]) -> set[int]:
+        found: set[int] = set()
+        for name in names:
+            found.update(self.covers[name])
+        return found
+
+    def closest(self, pattern: str, n: int = 3) -> str:
+        """``; closest names: ...``: the real names ``pattern`` was probably meant to say, or ""."""
+        text = pattern.lstrip("!")
+        text = text[3:] if text.startswith("re:") else text
+        close = difflib.get_close_matches(text, list(self.covers), n=n, cutoff=0.4)
+        return f"; closest names: {', '.join(close)}" if close else ""
+
+
+def _covers(records: Sequence[ParamRecord]) -> dict[str, list[int]]:
+    """Every prefix (at a dot) of every name, mapped to the records under it."""
+    covers: dict[str, list[int]] = {}
+    for rec in records:
+        for name in rec.names:
+            end = -1
+            while True:
+                end = name.find(".", end + 1)
+                prefix = name if end < 0 else name[:end]
+                lst = covers.setdefault(prefix, [])
+                if not lst or lst[-1] != rec.index:
+                    lst.append(rec.index)
+                if end < 0:
+                    break
+    return covers
