@@ -3,8 +3,7 @@
 Shows one declarative plan doing what fine-tuning scripts usually hand-build: the stem
 (conv1, bn1) frozen, a small learning rate for the backbone (layer1..layer4), a larger one
 for the new classifier (fc), no weight decay on biases and norms, and SGD with momentum.
-The audit table is printed before training; after a few steps the script checks that the
-frozen stem did not change while fc did (exit code 1 if not).
+The audit table is printed before training, then the loss of each step.
 
 Run it (no downloads: random weights, random images):
 
@@ -23,7 +22,6 @@ from torchvision import transforms
 from paramgroups import Plan, Rule, audit
 
 NUM_CLASSES = 10
-STEM = ("conv1.", "bn1.")
 
 
 def make_plan() -> Plan:
@@ -48,25 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    model = torchvision.models.resnet18(weights=None, num_classes=NUM_CLASSES)
-    plan = make_plan()
-
-    print(audit(model, plan).to_table())
+def train(model: nn.Module, plan: Plan, args: argparse.Namespace) -> None:
+    """``args.steps`` SGD steps on FakeData; the frozen stem stays as it is."""
     optimizer = plan.optimizer(model)  # sets requires_grad=False on the stem, builds torch.optim.SGD
-
     data = torchvision.datasets.FakeData(
         size=args.steps * args.batch_size, image_size=(3, args.image_size, args.image_size),
         num_classes=NUM_CLASSES, transform=transforms.ToTensor(), random_offset=args.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
     loss_fn = nn.CrossEntropyLoss()
-
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     model.bn1.eval()  # a frozen BatchNorm still updates its running stats in train mode
-    print()
     for step, (images, labels) in enumerate(loader, 1):
         optimizer.zero_grad()
         loss = loss_fn(model(images), labels)
@@ -74,12 +63,16 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         print(f"step {step}/{args.steps}  loss {loss.item():.4f}")
 
-    after = model.state_dict()
-    stem_same = all(torch.equal(v, after[k]) for k, v in before.items() if k.startswith(STEM))
-    fc_changed = all(not torch.equal(v, after[k]) for k, v in before.items() if k.startswith("fc."))
-    print(f"stem (conv1, bn1) unchanged: {'yes' if stem_same else 'NO'}")
-    print(f"classifier (fc) changed: {'yes' if fc_changed else 'NO'}")
-    return 0 if stem_same and fc_changed else 1
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = torchvision.models.resnet18(weights=None, num_classes=NUM_CLASSES)
+    plan = make_plan()
+    print(audit(model, plan).to_table())
+    print()
+    train(model, plan, args)
+    return 0
 
 
 if __name__ == "__main__":

@@ -4,9 +4,8 @@ A Llama built from a small ``LlamaConfig`` (random weights, nothing downloaded) 
 adapters from peft's ``get_peft_model`` (r=4 on q_proj and v_proj), which freezes the base.
 The plan (the same settings as ``examples/plans/loraplus.yaml``) gives LoRA+ learning rates
 (``lora_B`` at 16x the LR of ``lora_A``) and no weight decay on norms, biases and embeddings;
-it names no freezing, so the base stays as peft froze it. The audit is printed, then a few
-AdamW steps on random token ids, and at the end whether the base stayed bitwise unchanged and
-the adapters moved.
+it names no freezing, so the base stays as peft froze it. The audit is printed, then the
+loss of a few AdamW steps on random token ids.
 
 Run it:
 
@@ -52,33 +51,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    model = make_model()
-    plan = make_plan()
-    print(audit(model, plan).to_table(width=None))
-
+def train(model: torch.nn.Module, plan: Plan, steps: int, batch_size: int) -> None:
+    """``steps`` AdamW steps on random token ids; only the adapters train."""
     optimizer = plan.optimizer(model)  # the plan freezes nothing: the base stays as peft left it
-    base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-
     model.train()
-    for step in range(args.steps):
-        ids = torch.randint(0, VOCAB, (args.batch_size, SEQ))
+    for step in range(steps):
+        ids = torch.randint(0, VOCAB, (batch_size, SEQ))
         loss = model(input_ids=ids, labels=ids).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         print(f"step {step}: loss {loss.item():.4f}")
 
-    params = dict(model.named_parameters())
-    base_same = all(torch.equal(params[n], v) for n, v in base.items())
-    moved = all(not torch.equal(params[n], v) for n, v in adapters.items())
-    print(f"frozen base parameters: {len(base)}, adapter parameters: {len(adapters)}")
-    print(f"base unchanged: {'yes' if base_same else 'no'}")
-    print(f"adapters moved: {'yes' if moved else 'no'}")
-    return 0 if base_same and moved else 1
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = make_model()
+    plan = make_plan()
+    print(audit(model, plan).to_table(width=None))
+    train(model, plan, args.steps, args.batch_size)
+    return 0
 
 
 if __name__ == "__main__":

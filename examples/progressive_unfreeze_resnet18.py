@@ -13,10 +13,7 @@ and releases the running statistics of the BatchNorm layers it thaws (frozen one
 in eval mode even under ``model.train()``). Optimizer groups never change: parameters wait,
 frozen, in groups of their own. At the start of each epoch the script prints the audit at
 that epoch, collapsed to top-level modules (which are trainable, at which LR), then trains
-and prints the loss. At the end it checks that the parameters and BatchNorm running
-statistics of the layers still frozen did not move in the epochs they were frozen, that the
-thawed ones did, and that the number of optimizer param groups never changed (exit code 1
-if not).
+and prints the loss.
 
 Run it (CPU, no downloads: random weights, random images; well under a minute):
 
@@ -79,15 +76,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bn_buffers(model: nn.Module, tops: list[str]) -> list[str]:
-    """State-dict names of the running statistics of the BatchNorm layers under ``tops``."""
-    return [f"{name}.{buf}" for name, m in model.named_modules()
-            if isinstance(m, nn.BatchNorm2d) and name.split(".")[0] in tops
-            for buf in ("running_mean", "running_var", "num_batches_tracked")]
-
-
-def yes(flag: bool) -> str:
-    return "yes" if flag else "NO"
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, loader) -> float:
+    """One epoch, the scheduler stepped every batch (at the last one it thaws the next group);
+    the mean loss."""
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()  # held (frozen) BatchNorms stay in eval mode
+    total = 0.0
+    for images, labels in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.item()
+    return total / len(loader)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,52 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         size=spe * args.batch_size, image_size=(3, args.image_size, args.image_size),
         num_classes=NUM_CLASSES, transform=transforms.ToTensor(), random_offset=args.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
-    loss_fn = nn.CrossEntropyLoss()
-    tops = list(dict.fromkeys(n.split(".")[0] for n, _ in model.named_parameters()))
-    n_groups = len(optimizer.param_groups)
-    group_counts, checks, ok = {n_groups}, [], True
-    model.train()  # held (frozen) BatchNorms stay in eval mode
     for epoch in range(args.epochs):
         print(f"== epoch {epoch}/{args.epochs}: trainable {', '.join(thawed_at(epoch))} ==")
         # LRs at the epoch's first step; a frozen row shows its group's LR before its stage's
         # lr_mult and warmup apply (it takes no steps until then)
-        report = paramgroups.audit(model, plan, at=epoch, steps_per_epoch=spe)
-        print(report.collapse(1).to_table())
-        planned = {r["name"] for r in report.parameters if r["trainable"]}
-        actual = {n for n, p in model.named_parameters() if p.requires_grad}
-        print(f"audit matches the model's requires_grad: {yes(planned == actual)}")
-        ok &= planned == actual
-
-        before = paramgroups.snapshot(model)
-        total = 0.0
-        for images, labels in loader:
-            optimizer.zero_grad()
-            loss = loss_fn(model(images), labels)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()  # at the epoch's last batch this thaws the next group
-            group_counts.add(len(optimizer.param_groups))
-            total += loss.item()
-        print(f"epoch {epoch}  loss {total / spe:.4f}\n")
-
-        moved = paramgroups.changed(model, before)
-        frozen = [t for t in tops if t not in thawed_at(epoch)]
-        params = [n for n, _ in model.named_parameters() if n.split(".")[0] in frozen]
-        stats, live = bn_buffers(model, frozen), bn_buffers(model, thawed_at(epoch))
-        checks.append((epoch, frozen, len(stats) // 3, not any(n in moved for n in params),
-                       not any(n in moved for n in stats), all(n in moved for n in live)))
-
-    print("frozen layers, epoch by epoch:")
-    for epoch, frozen, n_bn, params_same, stats_same, live_moved in checks:
-        print(f"epoch {epoch}: frozen {', '.join(frozen) or '-'} ({n_bn} BatchNorm layers): "
-              f"parameters unchanged {yes(params_same)}, running statistics unchanged "
-              f"{yes(stats_same)}; thawed running statistics updated {yes(live_moved)}")
-        ok &= params_same and live_moved
-    stats_ok = all(c[4] for c in checks)
-    print(f"BatchNorm running statistics of frozen layers never moved: {yes(stats_ok)}")
-    same = group_counts == {n_groups}
-    print(f"optimizer param groups: {n_groups} at every step: {yes(same)}")
-    return 0 if ok and stats_ok and same else 1
+        print(paramgroups.audit(model, plan, at=epoch, steps_per_epoch=spe).collapse(1).to_table())
+        loss = train_epoch(model, optimizer, scheduler, loader)
+        print(f"epoch {epoch}  loss {loss:.4f}\n")
+    return 0
 
 
 if __name__ == "__main__":

@@ -49,8 +49,23 @@ def test_finetune_resnet18_runs():
             "4", "0.01", "0.01", "0.0001", "yes", "2"] in rows
     steps = [line for line in lines if line.startswith("step ")]
     assert [s.split("  loss ")[0] for s in steps] == ["step 1/2", "step 2/2"]
-    assert "stem (conv1, bn1) unchanged: yes" in lines
-    assert "classifier (fc) changed: yes" in lines
+    assert lines[-3:-2] == [""] and lines[-2:] == steps  # the audit, a blank line, the steps
+
+
+@pytest.mark.slow  # trains a ResNet-18 for two steps
+def test_finetune_resnet18_training_keeps_the_stem_and_moves_the_head(capsys):
+    ns = runpy.run_path(str(FINETUNE), run_name="finetune_resnet18")
+    args = ns["parse_args"](["--steps", "2", "--batch-size", "4", "--image-size", "32"])
+    model = _resnet18()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ns["train"](model, ns["make_plan"](), args)
+    after = model.state_dict()
+    stem = [k for k in before if k.startswith(("conv1.", "bn1."))]  # bn1's running statistics too
+    head = [k for k in before if k.startswith("fc.")]
+    assert (len(stem), head) == (6, ["fc.weight", "fc.bias"])
+    assert [k for k in stem if not torch.equal(before[k], after[k])] == []
+    assert [k for k in head if torch.equal(before[k], after[k])] == []
+    assert [line.split("  loss ")[0] for line in capsys.readouterr().out.splitlines()] == ["step 1/2", "step 2/2"]
 
 
 def test_finetune_resnet18_plan_groups():
