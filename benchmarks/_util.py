@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import multiprocessing
 import platform
 import statistics
-import subprocess
 import sys
 import time
-from typing import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable
 
 from tabulate import tabulate
 
@@ -25,19 +25,22 @@ def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> f
     return statistics.median(times)
 
 
-def child(code: str) -> dict:
-    """Run ``code`` in a fresh interpreter; it prints one JSON object. Adds wall time and peak RSS."""
-    wrapper = (
-        "import json, resource, time, sys\n"
-        "_t = time.perf_counter()\n"
-        f"{code}\n"
-        "_out = globals().get('result', {})\n"
-        "_out['wall_s'] = time.perf_counter() - _t\n"
-        "_out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-        "print(json.dumps(_out))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def child(fn: Callable[..., dict | None], *args: Any) -> dict:
+    """``fn(*args)`` in a fresh interpreter (spawned, so nothing is inherited; ``fn`` must be a
+    module-level function, which the child imports by name): the dict it returns, plus the
+    call's wall time ``wall_s`` and the child's peak RSS ``peak_rss_mb``."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measured, fn, *args).result()
+
+
+def _measured(fn: Callable[..., dict | None], *args: Any) -> dict:
+    import resource
+
+    start = time.perf_counter()
+    out = dict(fn(*args) or {})
+    out["wall_s"] = time.perf_counter() - start
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
 
 
 def header(title: str) -> None:
