@@ -135,8 +135,7 @@ class Schedule:
     def __post_init__(self, total_later: bool) -> None:
         self._check_fields()
         # the parts, built once; not fields, so equality, hashing and to_dict see only the fields
-        object.__setattr__(self, "_shape", build(self.main, {f.name: getattr(self, f.name)
-                                                             for f in fields(self)}))
+        object.__setattr__(self, "_shape", build(self.main, vars(self)))  # fields by name
         if self.main != "wsd" and (self.decay is not None or self.decay_shape != "cosine"):
             raise PlanError("schedule: decay and decay_shape only apply to main: wsd")
         object.__setattr__(self, "_warmup", Warmup(self.warmup, self.warmup_shape,
