@@ -13,6 +13,7 @@ also matches the one name spelled exactly like it, so a name with glob character
 from __future__ import annotations
 
 import bisect
+import math
 import re
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -68,12 +69,39 @@ class NameIndex:
                 out[parent] = max(out.get(parent, 0), int(last) + 1)
         return out
 
-    def with_prefix(self, prefix: str) -> list[str]:
+    def with_prefix(self, prefix: str, depth: int | None = None) -> list[str]:
+        """The names that start with ``prefix`` (of ``depth`` segments, when given)."""
+        names = self.names if depth is None else self._depths.get(depth, [])
         if not prefix:
-            return self.names
-        lo = bisect.bisect_left(self.names, prefix)
-        hi = bisect.bisect_left(self.names, prefix + "\U0010ffff")
-        return self.names[lo:hi]
+            return names
+        lo = bisect.bisect_left(names, prefix)
+        hi = bisect.bisect_left(names, prefix + "\U0010ffff", lo)
+        return names[lo:hi]
+
+    def with_leaf(self, start: str) -> list[str]:
+        """The names whose last segment starts with ``start``."""
+        leaves, by_leaf = self._leaves
+        lo = bisect.bisect_left(leaves, start)
+        hi = bisect.bisect_left(leaves, start + "\U0010ffff", lo)
+        if hi - lo == 1:
+            return by_leaf[leaves[lo]]
+        return [n for leaf in leaves[lo:hi] for n in by_leaf[leaf]]
+
+    @cached_property
+    def _depths(self) -> dict[int, list[str]]:
+        """The names (sorted) by their number of segments."""
+        out: dict[int, list[str]] = {}
+        for name in self.names:
+            out.setdefault(name.count(".") + 1, []).append(name)
+        return out
+
+    @cached_property
+    def _leaves(self) -> tuple[list[str], dict[str, list[str]]]:
+        """The distinct last segments (sorted) and the names that end with each."""
+        by_leaf: dict[str, list[str]] = {}
+        for name in self.names:
+            by_leaf.setdefault(name.rpartition(".")[2], []).append(name)
+        return sorted(by_leaf), by_leaf
 
 
 _LITERAL_EDGE = re.compile(r"^[^*?\[\]{}()!@+|\\]*")
@@ -206,13 +234,22 @@ class _Alternative:
     regex: re.Pattern[str]  # wcmatch's, on the ``/`` form
     simple: re.Pattern[str] | None  # the same selection on ``name + "."``, when the glob is simple
     covered: bool = False  # ``x.**`` next to ``x``: selects only names below those ``x`` selects
+    depth: int | None = None  # the number of segments of every match (a simple glob without ``**``)
+    spelled: tuple[str, ...] | None = None  # every name it matches, for a literal with numeric ranges
 
     def candidates(self, index: NameIndex, text: str) -> list[str]:
-        """The names of ``index`` this alternative matches, except one spelled like ``text``."""
-        suffix, needle, leaf = self.suffix, self.needle, self.leaf
-        names = [n for n in index.with_prefix(self.prefix) if n.endswith(suffix) and needle in n]
-        if leaf:
-            names = [n for n in names if n.rpartition(".")[2].startswith(leaf)]
+        """The names of ``index`` this alternative matches, except one spelled like ``text``.
+
+        The regex runs only on names that have the literal parts: looked up by the literal
+        start of the last segment when there is one, else by the prefix (and depth)."""
+        if self.spelled is not None:
+            return [n for n in self.spelled if n in index and n != text]
+        prefix, suffix, needle = self.prefix, self.suffix, self.needle
+        if self.leaf:
+            names = [n for n in index.with_leaf(self.leaf)
+                     if n.startswith(prefix) and n.endswith(suffix) and needle in n]
+        else:
+            names = [n for n in index.with_prefix(prefix, self.depth) if n.endswith(suffix) and needle in n]
         if self.simple is not None:
             fast = self.simple.fullmatch
             return [n for n in names if n != text and fast(n + ".")]
@@ -310,8 +347,10 @@ def compile_pattern(text: str) -> Pattern:
             leaf = "" if "**" in last else _LITERAL_EDGE.match(last).group(0)
             literal = "" if regex.flags & re.IGNORECASE else _longest_literal(starred)
             simple = None if regex.flags & re.IGNORECASE else _simple_regex(alt, numbers)
+            depth = starred.count(".") + 1 if simple is not None and "**" not in alt else None
             alternatives.append(_Alternative(prefix, suffix, literal, leaf, regex, simple,
-                                             alt.endswith(".**") and alt[:-3] in unique))
+                                             alt.endswith(".**") and alt[:-3] in unique, depth,
+                                             _spelled(alt, ranges)))
     except PatternError:
         raise
     except Exception as exc:  # wcmatch's own errors for malformed globs
@@ -319,6 +358,22 @@ def compile_pattern(text: str) -> Pattern:
     joined = re.compile("|".join(f"(?:{a.regex.pattern})" for a in alternatives) or "(?!)")
     return Pattern(text, joined, False, None, tuple(alternatives), everything=text == "**",
                    relative=tuple(relative))
+
+
+def _spelled(alt: str, ranges: dict[str, re.Match[str]]) -> tuple[str, ...] | None:
+    """Every name ``alt`` matches when it is a literal apart from numeric ranges that list at
+    most :data:`_MAX_EXPANSION` names (``blocks.{0..11}``): looked up instead of matched."""
+    used = [(ch, m) for ch, m in ranges.items() if ch in alt]
+    if not used or any(_counted(m) for _, m in used) or _GLOB_CHARS & set(alt) or "\\" in alt:
+        return None
+    spans = [range(min(int(m.group(1)), int(m.group(2))), max(int(m.group(1)), int(m.group(2))) + 1)
+             for _, m in used]
+    if math.prod(len(r) for r in spans) > _MAX_EXPANSION:
+        return None
+    out = [alt]
+    for (ch, _), span in zip(used, spans):
+        out = [text.replace(ch, str(k), 1) for text in out for k in span]
+    return tuple(out)
 
 
 def _with_numbers(text: str, numbers: dict[str, str]) -> str:
