@@ -116,6 +116,16 @@ def test_step_hooks_on_the_composite_run_once_around_the_inner_steps():
     assert seen == [("pre", True), ("muon", True), ("post", True)] * 2
 
 
+def test_the_profiler_records_the_composite_step_and_the_inner_ones():
+    net = cw.model()
+    opt = cw.composite(net)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        cw.train(net, [opt], 0, 1)
+    names = {e.name for e in prof.events()}
+    assert {"Optimizer.step#CompositeOptimizer.step", "Optimizer.step#Muon.step",
+            "Optimizer.step#AdamW.step"} <= names
+
+
 def test_state_dict_hooks_on_the_composite_run():
     net = cw.model()
     opt = cw.composite(net)
@@ -364,6 +374,8 @@ def test_onecycle_cycles_momentum_when_every_optimizer_has_it():
     torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=10, base_momentum=0.8, max_momentum=0.9)
     assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9]
     assert opt.optimizers["muon"].param_groups[0]["momentum"] == 0.9
+    cw.train(net, [opt], 0, 1)  # SGD, like Muon and AdamW, ignores the "optimizer" group key
+    assert set(opt.state[net.head.weight]) == {"momentum_buffer"}
 
 
 # -- trainers ----------------------------------------------------------------------------------
