@@ -1,6 +1,7 @@
 """The LR scheduler a plan emits: a torch ``LRScheduler`` whose LRs are closed forms.
 
-Every group's LR at step ``k`` is ``group base LR x schedule.factor(k) x stage factor(k)``,
+Every group's LR at step ``k`` is ``group base LR x schedule.factor(k) x stage factor(k)``
+(the :class:`~paramgroups.timeline.Timeline` answers both factors and the frozen flags),
 and its frozen state is a function of ``k`` too, so a resumed run gets the same LRs and the
 same frozen set as an uninterrupted one. Only ``plateau`` keeps history (its reductions), and
 that history is in ``state_dict()`` too.
@@ -9,7 +10,7 @@ that history is in ``state_dict()`` too.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -18,6 +19,9 @@ from . import norms
 from .errors import PlanError
 from .schedules import Schedule, check_group_lrs
 from .timeline import GroupState, Timeline, Track
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import Binding
 
 
 _EPOCH_REFUSED = ("torch's deprecated scheduler.step(epoch) is not supported: call step() once per "
@@ -38,7 +42,7 @@ class PlanScheduler(LRScheduler):
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, *, base_lr: float,
-                 steps_per_epoch: int | None = None, last_epoch: int = -1, binding: Any = None):
+                 steps_per_epoch: int | None = None, last_epoch: int = -1, binding: "Binding | None" = None):
         if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or
                                             not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise PlanError(f"steps_per_epoch must be a whole number >= 1, got {steps_per_epoch!r}")
@@ -115,7 +119,10 @@ class PlanScheduler(LRScheduler):
         (``step(loss)`` or ``step(metrics=loss)``, as torch's ``ReduceLROnPlateau``).
 
         torch's deprecated ``step(epoch)`` is refused: the scheduler counts its own steps
-        (a resumed run restores the count from ``state_dict()``).
+        (a resumed run restores the count from ``state_dict()``). The first steps run torch's
+        own ``step`` (its warnings about the call order); later ones set what it sets
+        (``last_epoch``, ``_step_count``, the groups' LRs, tensor LRs in place, ``_last_lr``)
+        without its per-call bookkeeping, which costs as much as the LRs themselves.
         """
         if epoch is not None:
             raise PlanError(_EPOCH_REFUSED)
@@ -128,7 +135,12 @@ class PlanScheduler(LRScheduler):
                 raise PlanError(f"step({metric}) looks like an epoch number: {_EPOCH_REFUSED} A "
                                 f"plateau schedule takes the metric as a float: step(float(value))")
             self._observe(float(metric))
-        super().step()
+        if self._step_count <= 1:  # torch's own step: it warns here about the call order
+            super().step()
+        else:  # what torch's step does next, without its bookkeeping for get_lr() warnings
+            self._step_count += 1
+            self.last_epoch += 1
+            self._last_lr = _set_lrs(self.optimizer.param_groups, self.get_lr())
         self._set_momentum()
         self._apply_stages()
 
@@ -200,8 +212,22 @@ class PlanScheduler(LRScheduler):
         self._apply_stages(force=True)
 
 
+def _set_lrs(groups: list[dict[str, Any]], lrs: list[Any]) -> list[Any]:
+    """Set each group's LR as torch's ``LRScheduler.step`` does (a tensor LR is filled in place)
+    and return the LRs as ``get_last_lr()`` gives them (tensors copied)."""
+    tensors = False
+    for group, lr in zip(groups, lrs):
+        old = group["lr"]
+        if old.__class__ is float or not isinstance(old, torch.Tensor):
+            group["lr"] = lr
+        else:
+            old.fill_(lr)
+            tensors = True
+    return [g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in groups] if tensors else lrs
+
+
 def _timeline(optimizer: torch.optim.Optimizer, schedule: Schedule, base_lr: float,
-              steps_per_epoch: int | None, binding: Any) -> Timeline:
+              steps_per_epoch: int | None, binding: "Binding | None") -> Timeline:
     """The timeline of the optimizer's groups (their LRs as the scheduler starts them); with a
     plan's binding, its stages and resolved groups give each group's frozen state over time."""
     stages = binding.plan.stages if binding is not None else ()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+import warnings
 
 import pytest
 import torch
@@ -364,3 +365,45 @@ def test_onecycle_cycles_beta1_and_momentum_each_in_its_own_group():
         opt.step(), sched.step()
         for r in refs:
             r.optimizer.step(), r.step()
+
+
+# -- torch's LRScheduler contract -----------------------------------------------------------
+
+
+def _constant_pair(lr):
+    """The same two-group optimizer under a plan's constant schedule and under torch's LambdaLR."""
+    out = []
+    for make in (lambda o: PlanScheduler(o, Schedule(), base_lr=0.1), lambda o: L.LambdaLR(o, lambda k: 1.0)):
+        m = two_linears()
+        opt = torch.optim.SGD([{"params": m[0].parameters(), "lr": lr},
+                               {"params": m[1].parameters(), "lr": 0.3}], lr=0.1)
+        out.append((opt, make(opt)))
+    return out
+
+
+@pytest.mark.parametrize("optimizer_first", [True, False])
+def test_the_step_keeps_torchs_counters_and_call_order_warnings(optimizer_first):
+    seen = []
+    for opt, sched in _constant_pair(0.1):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            for _ in range(4):
+                if optimizer_first:
+                    opt.step()
+                sched.step()
+        seen.append(([str(w.message) for w in record], sched.last_epoch, sched._step_count,
+                     sched.get_last_lr(), [g["lr"] for g in opt.param_groups]))
+    assert seen[0] == seen[1]
+    assert seen[0][1:] == (4, 5, [0.1, 0.3], [0.1, 0.3])
+    assert len(seen[0][0]) == (0 if optimizer_first else 1)  # "Detected call of lr_scheduler.step() before..."
+
+
+def test_a_tensor_lr_is_filled_in_place_and_get_last_lr_copies_it():
+    (ours_opt, ours), (ref_opt, ref) = _constant_pair(torch.tensor(0.1))
+    tensor = ours_opt.param_groups[0]["lr"]
+    for _ in range(3):
+        ours_opt.step(), ours.step()
+        ref_opt.step(), ref.step()
+    assert ours_opt.param_groups[0]["lr"] is tensor and float(tensor) == float(torch.tensor(0.1))
+    assert ours.get_last_lr()[0] is not tensor and torch.equal(ours.get_last_lr()[0], tensor)
+    assert [float(x) for x in ours.get_last_lr()] == [float(x) for x in ref.get_last_lr()]
