@@ -9,18 +9,30 @@ model, so they too are the same on every run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Hashable, Protocol, Sequence
 
+from .inventory import ParamRecord
 from .stages import Event
 
 if TYPE_CHECKING:
     from .resolution import Assignment
 
 
+class Members(Protocol):
+    """Where a group's members live: the records of the model and, made when first asked for,
+    their assignments (both indexed by record)."""
+
+    records: Sequence[ParamRecord]
+
+    @property
+    def assignments(self) -> Sequence[Assignment]: ...
+
+
 @dataclass(frozen=True)
 class Group:
-    """One torch param group: its settings and the assignments (parameters) in it."""
+    """One torch param group: its settings and the parameters in it (``indices``, records of
+    ``source``); ``members`` are their assignments."""
 
     index: int
     name: str
@@ -29,26 +41,28 @@ class Group:
     frozen: bool
     options: dict[str, Any]
     events: tuple[Event, ...]
-    members: tuple[Assignment, ...]
+    indices: tuple[int, ...]
+    source: Members = field(repr=False, compare=False)
+
+    @property
+    def members(self) -> tuple[Assignment, ...]:
+        assignments = self.source.assignments
+        return tuple(assignments[i] for i in self.indices)
 
     @property
     def numel(self) -> int:
-        return sum(a.record.numel for a in self.members)
+        records = self.source.records
+        return sum(records[i].numel for i in self.indices)
 
     def to_torch(self, *, with_weight_decay: bool = True) -> dict[str, Any]:
         """The ``param_groups`` dict torch optimizers take; ``name`` rides along as metadata."""
-        out: dict[str, Any] = {"params": [a.record.param for a in self.members],
+        records = self.source.records
+        out: dict[str, Any] = {"params": [records[i].param for i in self.indices],
                                "name": self.name, "lr": self.lr}
         if with_weight_decay:
             out["weight_decay"] = self.weight_decay
         out.update(self.options)
         return out
-
-
-def group_key(label: str | None, layer: int | None, lr: float, weight_decay: float, frozen: bool,
-              events: tuple[Event, ...], options: dict[str, Any]) -> tuple:
-    """What must be equal for two parameters to share a group (options may be unhashable)."""
-    return (label, layer, lr, weight_decay, frozen, events, repr(sorted(options.items())))
 
 
 def number(keys: Sequence[Hashable | None]) -> tuple[list[int | None], list[int]]:

@@ -2,23 +2,27 @@
 groups they form.
 
 The pass: the model's inventory and name table; layer ids (under layer-wise LR decay); the
-rule cascade; each parameter's settings and its frozen state before any stage (a rule's
-``freeze``, else what the model says); the stage timelines (which stages thaw or freeze it);
-the group keys; then the immutable :class:`Assignment` of every parameter, already holding
-its group, and the :class:`~paramgroups.groups.Group` objects holding their assignments.
+rule cascade; the settings of each distinct list of rules that touched a parameter; each
+parameter's frozen state before any stage (a rule's ``freeze``, else what the model says);
+the stage timelines (which stages thaw or freeze it); the group keys; then the groups.
+
+Work per parameter is kept to a few list entries (a model has millions of tensors and a
+handful of distinct settings): the immutable :class:`Assignment` of each parameter, already
+holding its group, is made from those lists when first asked for.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import nn
 
 from . import optim
 from .errors import OptimizerError, RuleError
-from .groups import Group, group_key, group_name, number, unique
+from .groups import Group, group_name, number, unique
 from .inventory import ParamRecord, inventory
 from .layers import layer_ids, layer_scales
 from .names import NameTable
@@ -56,17 +60,75 @@ class Assignment:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """What a list of rules gives a parameter before layer decay and stages; ``key`` is the
+    same for equal settings (options may be unhashable)."""
+
+    lr: float
+    weight_decay: float
+    options: dict[str, Any]
+    label: str | None
+    freeze: bool | None
+    freezer: int | None  # the last rule that set ``freeze``
+    key: tuple
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule], touched: Sequence[int], base_lr: float,
+           base_weight_decay: float) -> "Settings":
+        fields, freezer = merged(rules, touched)
+        lr = fields.get("lr", base_lr) * fields.get("lr_mult", 1.0)
+        wd = fields.get("weight_decay", base_weight_decay) * fields.get("wd_mult", 1.0)
+        options = {k: v for k, v in fields.items() if k not in SETTINGS}
+        return cls(lr, wd, options, fields.get("group"), fields.get("freeze"), freezer,
+                   (fields.get("group"), lr, wd, repr(sorted(options.items()))))
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Per record (lists indexed like ``records``): its settings, the rules that touched it,
+    layer id and scale, frozen state and who decided it, stage events and group. Its
+    ``assignments`` are made from the lists when first asked for."""
+
+    records: list[ParamRecord]
+    settings: list[Settings]
+    touched: list[tuple[int, ...]]
+    layers: list[int] | None
+    scales: list[float] | None
+    frozen: list[bool]
+    frozen_by: list[str | None]
+    events: list[tuple[Event, ...]]
+    group_of: list[int | None]
+
+    @cached_property
+    def assignments(self) -> tuple[Assignment, ...]:
+        """One :class:`Assignment` per record, in model order."""
+        layers, scales = self.layers, self.scales
+        return tuple(
+            Assignment(rec, s.lr * (scales[i] if scales else 1.0), s.weight_decay, fr, by, s.label,
+                       s.options, list(hit), g, layers[i] if layers else None,
+                       scales[i] if scales else 1.0, ev)
+            for i, (rec, s, hit, fr, by, ev, g) in enumerate(zip(
+                self.records, self.settings, self.touched, self.frozen, self.frozen_by,
+                self.events, self.group_of)))
+
+
+@dataclass(frozen=True)
 class Resolution:
     """A plan resolved against a model: one assignment per record, the groups, and what did
     not fit (rules that matched nothing, tied weights given different values)."""
 
     records: list[ParamRecord]
-    assignments: tuple[Assignment, ...]
     groups: tuple[Group, ...]
     unmatched: list[int]
     problems: list[str]
-    conflicts: list[RuleError] = field(default_factory=list)
-    names: NameTable | None = field(default=None, repr=False)
+    conflicts: list[RuleError]
+    names: NameTable = field(repr=False)
+    columns: Columns = field(repr=False)
+
+    @property
+    def assignments(self) -> tuple[Assignment, ...]:
+        """One :class:`Assignment` per record, in model order (made when first asked for)."""
+        return self.columns.assignments
 
     def check_conflicts(self) -> None:
         """Raise on rules that disagree about one tied tensor: no optimizer is built on a coin flip."""
@@ -85,92 +147,87 @@ def resolve(plan: Plan, model: nn.Module, *, strict: bool = True) -> Resolution:
         scales = layer_scales(layers, plan.layer_decay)
     rules = plan.all_rules
     done = cascade(records, rules, table, strict=strict)
-    settings = _Settings(rules, plan.base_lr, plan.weight_decay)
-    rows = [settings.of(rec, hit, scales[i] if scales else 1.0)
-            for i, (rec, hit) in enumerate(zip(records, done.touched))]
+    settings = _settings(records, rules, done.touched, plan.base_lr, plan.weight_decay)
+    rule_frozen, rule_by = _start_states(records, settings)
     # norm_trainable overrides the plan's own freezing, never the model's (a PEFT base norm)
-    keep = [plan.norm_trainable and "norm" in rec.kinds and rec.is_float and by != "model"
-            for rec, (_, _, _, _, _, by) in zip(records, rows)]
-    frozen = [row[4] and not k for row, k in zip(rows, keep)]
-    events, start = timelines(records, plan.stages, frozen, keep, table)
-    frozen_by = [_frozen_by(row[5], row[4], fr, ev, plan) for row, fr, ev in zip(rows, start, events)]
-
-    layer_of = layers or [None] * len(records)
-    keys = [None if not rec.is_float or (by == "model" and not ev) else
-            group_key(label, layer, lr, wd, fr, ev, options)
-            for rec, (lr, wd, options, label, _, _), layer, fr, by, ev
-            in zip(records, rows, layer_of, start, frozen_by, events)]
-    group_of, first = number(keys)
+    keep = ([plan.norm_trainable and "norm" in rec.kinds and rec.is_float and by != "model"
+             for rec, by in zip(records, rule_by)] if plan.norm_trainable else [False] * len(records))
+    events, frozen = timelines(records, plan.stages, [f and not k for f, k in zip(rule_frozen, keep)],
+                               keep, table)
+    frozen_by = [by if fr == before else _by_stage(fr, ev, plan)
+                 for by, before, fr, ev in zip(rule_by, rule_frozen, frozen, events)]
+    group_of, first = number([
+        None if not rec.is_float or (by == "model" and not ev) else (s.key, layer, fr, ev)
+        for rec, s, layer, fr, by, ev in zip(records, settings, layers or [None] * len(records),
+                                             frozen, frozen_by, events)])
+    members: list[list[int]] = [[] for _ in first]
+    for i, g in enumerate(group_of):
+        if g is not None:
+            members[g].append(i)
+    columns = Columns(records, settings, done.touched, layers, scales, frozen, frozen_by, events, group_of)
     rule_names, stage_names = plan.rule_texts(rules), [stage_text(st) for st in plan.stages]
-    names = unique([group_name(rows[i][3], done.touched[i], layer_of[i], start[i], events[i],
-                               rule_names, stage_names) for i in first])
-    assignments = tuple(
-        Assignment(rec, lr, wd, fr, by, label, options, list(hit), g, layer,
-                   scales[i] if scales else 1.0, ev)
-        for i, (rec, (lr, wd, options, label, _, _), hit, fr, by, ev, g, layer)
-        in enumerate(zip(records, rows, done.touched, start, frozen_by, events, group_of, layer_of)))
-    members: list[list[Assignment]] = [[] for _ in first]
-    for a in assignments:
-        if a.group is not None:
-            members[a.group].append(a)
-    groups = tuple(Group(g, name, assignments[i].lr, assignments[i].weight_decay, assignments[i].frozen,
-                         dict(assignments[i].options), assignments[i].events, tuple(members[g]))
+    names = unique([group_name(settings[i].label, done.touched[i], layers[i] if layers else None,
+                               frozen[i], events[i], rule_names, stage_names) for i in first])
+    groups = tuple(Group(g, name, settings[i].lr * (scales[i] if scales else 1.0), settings[i].weight_decay,
+                         frozen[i], dict(settings[i].options), events[i], tuple(members[g]), columns)
                    for g, (i, name) in enumerate(zip(first, names)))
-    _check(plan, groups)
-    return Resolution(records, assignments, groups, done.unmatched,
-                      [str(e) for e in (*done.errors, *done.conflicts)], done.conflicts, table)
+    _check(plan, records, done.touched, groups)
+    return Resolution(records, groups, done.unmatched, [str(e) for e in (*done.errors, *done.conflicts)],
+                      done.conflicts, table, columns)
 
 
-class _Settings:
-    """A record's settings from the rules that touched it: computed once per distinct list
-    of rules (a model has a handful), then only the per-record parts."""
-
-    def __init__(self, rules: Sequence[Rule], base_lr: float, base_weight_decay: float):
-        self.rules, self.base_lr, self.base_wd = rules, base_lr, base_weight_decay
-        self.cache: dict[tuple[int, ...], tuple] = {}
-
-    def of(self, rec: ParamRecord, touched: tuple[int, ...], scale: float) -> tuple:
-        """(lr, weight_decay, options, label, frozen, frozen_by) of ``rec`` before any stage."""
-        known = self.cache.get(touched)
-        if known is None:
-            fields, freezer = merged(self.rules, touched)
-            known = self.cache[touched] = (
-                fields.get("lr", self.base_lr) * fields.get("lr_mult", 1.0),
-                fields.get("weight_decay", self.base_wd) * fields.get("wd_mult", 1.0),
-                {k: v for k, v in fields.items() if k not in SETTINGS},
-                fields.get("group"), fields.get("freeze"), freezer)
-        lr, wd, options, label, freeze, freezer = known
-        lr = lr * scale
-        if not (math.isfinite(lr) and math.isfinite(wd)):
-            raise RuleError(f"{rec.name}: lr {lr:g} / weight_decay {wd:g} overflow (rules "
-                            f"{list(touched)} multiply to infinity): use smaller values")
-        frozen, by = _start_state(rec, freeze, freezer)
-        return lr, wd, options, label, frozen, by
+def _settings(records: Sequence[ParamRecord], rules: Sequence[Rule], touched: Sequence[tuple[int, ...]],
+              base_lr: float, base_weight_decay: float) -> list[Settings]:
+    """Each record's :class:`Settings`, computed once per distinct list of rules."""
+    known: dict[tuple[int, ...], Settings] = {}
+    out = []
+    for i, hit in enumerate(touched):
+        s = known.get(hit)
+        if s is None:
+            s = known[hit] = Settings.of(rules, hit, base_lr, base_weight_decay)
+            if not (math.isfinite(s.lr) and math.isfinite(s.weight_decay)):
+                raise RuleError(f"{records[i].name}: lr {s.lr:g} / weight_decay {s.weight_decay:g} "
+                                f"overflow (rules {list(hit)} multiply to infinity): use smaller values")
+        out.append(s)
+    return out
 
 
-def _start_state(rec: ParamRecord, freeze: bool | None, rule: int | None) -> tuple[bool, str | None]:
-    """(frozen, who decided) before any stage: a rule's ``freeze`` if one set it, else the
-    model's own ``requires_grad`` (a plan changes only what it says); integers never train."""
-    if not rec.is_float:
-        return True, "dtype"
-    if freeze is not None:
-        return freeze, f"rule {rule}"
-    frozen = not rec.param.requires_grad
-    return frozen, "model" if frozen else None
+def _start_states(records: Sequence[ParamRecord], settings: Sequence[Settings]
+                  ) -> tuple[list[bool], list[str | None]]:
+    """(frozen, who decided) of each record before any stage: a rule's ``freeze`` if one set
+    it, else the model's own ``requires_grad`` (a plan changes only what it says); parameters
+    that are not floating point never train."""
+    frozen, by = [], []
+    for rec, s in zip(records, settings):
+        if not rec.is_float:
+            frozen.append(True)
+            by.append("dtype")
+        elif s.freeze is not None:
+            frozen.append(s.freeze)
+            by.append(f"rule {s.freezer}")
+        else:
+            off = not rec.param.requires_grad
+            frozen.append(off)
+            by.append("model" if off else None)
+    return frozen, by
 
 
-def _frozen_by(by: str | None, before: bool, frozen: bool, events: tuple[Event, ...],
-               plan: Plan) -> str | None:
-    """Who decided the state at step 0, once ``norm_trainable`` and stages at time 0 acted."""
-    if frozen == before:
-        return by
+def _by_stage(frozen: bool, events: tuple[Event, ...], plan: Plan) -> str | None:
+    """Who froze a parameter whose state at step 0 is not the rules' (``norm_trainable`` kept
+    it trainable, or a stage at time 0 acted)."""
     at_zero = [i for i, _ in events if plan.stages[i].when == 0]
     return f"stage {at_zero[-1]}" if frozen and at_zero else None
 
 
-def _check(plan: Plan, groups: Sequence[Group]) -> None:
-    """Every group's LR stays finite under the schedule; no weight decay for an optimizer
-    that takes none."""
+def _check(plan: Plan, records: Sequence[ParamRecord], touched: Sequence[tuple[int, ...]],
+           groups: Sequence[Group]) -> None:
+    """Every LR stays finite (layer decay included, and under the schedule); no weight decay
+    for an optimizer that takes none."""
+    for g in groups:
+        if not math.isfinite(g.lr):
+            i = g.indices[0]
+            raise RuleError(f"{records[i].name}: lr {g.lr:g} / weight_decay {g.weight_decay:g} overflow "
+                            f"(rules {list(touched[i])} multiply to infinity): use smaller values")
     check_group_lrs(plan.schedule or Schedule(), plan.base_lr, [
         (g.name, g.lr, [plan.stages[i].lr_mult for i, act in g.events if act == "thaw"])
         for g in groups])
