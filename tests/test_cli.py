@@ -472,6 +472,7 @@ def test_console_script_help_imports_no_torch():
     assert [m for m in imported if m == "torch" or m.startswith("torch.")] == []
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_python_m_inspect_json():
     proc = subprocess.run([sys.executable, "-m", "paramgroups", "inspect", "resnet18", "--format", "json"],
                           capture_output=True, text=True, timeout=120)

@@ -17,6 +17,7 @@ from paramgroups.schedules import Schedule
 import stagenet
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_importing_paramgroups_imports_no_trainer():
     import subprocess
 
