@@ -243,18 +243,20 @@ def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, name: str,
     or higher (ndim >= 2) of a module that is neither a norm nor an embedding is a ``weight``
     whatever its name: fused mixture-of-experts tensors (transformers 5's Mixtral/Qwen-MoE
     ``experts.gate_up_proj``, ``experts.down_proj``) decay and are selected like any weight."""
-    cls = type(module)
-    norm = _is_norm_class(cls)
-    embedding = issubclass(cls, (nn.Embedding, nn.EmbeddingBag)) or no_decay(name)
-    end = ("bias" if leaf.endswith("bias") else "weight" if leaf.endswith("weight")
-           or (param.ndim >= 2 and not norm and not embedding) else "")
-    return _kind_set(end, norm, embedding, param.ndim <= 1)
+    end = "bias" if leaf.endswith("bias") else "weight" if leaf.endswith("weight") else ""
+    return _kind_set(type(module), end, min(param.ndim, 2), no_decay(name))
 
 
 @lru_cache(maxsize=None)
-def _kind_set(end: str, norm: bool, embedding: bool, small: bool) -> frozenset[str]:
-    """One shared frozenset per combination: records of a big model hold a handful of sets."""
-    flags = ((end, bool(end)), ("norm", norm), ("embedding", embedding), ("ndim<=1", small))
+def _kind_set(cls: type, end: str, ndim: int, named_embedding: bool) -> frozenset[str]:
+    """The kinds of a parameter of a ``cls`` module whose leaf name ends in ``end`` (``bias``,
+    ``weight`` or neither), of ``ndim`` (2: two or more); one shared frozenset per
+    combination, so records of a big model hold a handful of sets."""
+    norm = _is_norm_class(cls)
+    embedding = issubclass(cls, (nn.Embedding, nn.EmbeddingBag)) or named_embedding
+    if not end and ndim >= 2 and not norm and not embedding:
+        end = "weight"
+    flags = ((end, bool(end)), ("norm", norm), ("embedding", embedding), ("ndim<=1", ndim <= 1))
     return frozenset(kind for kind, on in flags if on)
 
 

@@ -59,17 +59,22 @@ class NameTable:
 
 
 def _covers(records: Sequence[ParamRecord]) -> dict[str, list[int]]:
-    """Every prefix (at a dot) of every name, mapped to the records under it."""
+    """Every parameter name, and every module name above one, mapped to the records under it
+    (a record may repeat in a list when an alias of a tied weight sits in the same subtree)."""
     covers: dict[str, list[int]] = {}
+    below: dict[str, list[int]] = {}  # module -> the records whose names sit right in it
     for rec in records:
         for name in rec.names:
-            end = -1
-            while True:
-                end = name.find(".", end + 1)
-                prefix = name if end < 0 else name[:end]
-                lst = covers.setdefault(prefix, [])
-                if not lst or lst[-1] != rec.index:
-                    lst.append(rec.index)
-                if end < 0:
-                    break
+            covers.setdefault(name, []).append(rec.index)
+            module = name.rpartition(".")[0]
+            if module:
+                below.setdefault(module, []).append(rec.index)
+    for module, indices in below.items():
+        name = module
+        while True:
+            covers.setdefault(name, []).extend(indices)
+            cut = name.rfind(".")
+            if cut < 0:
+                break
+            name = name[:cut]
     return covers
