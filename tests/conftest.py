@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: small models with known names, the in-process CLI runner and
-its checks (``run_cli``, ``audit_json``, ``one_line_error``), the network blocked, benchmark
-scripts loaded as modules, and global torch flags restored after every test.
+its checks (``run_cli``, ``audit_json``, ``one_line_error``), examples run as scripts
+(``run_example``), the network blocked, benchmark scripts loaded as modules, and global torch
+flags restored after every test.
 
 ``tests/`` is on ``sys.path`` (``pythonpath`` in pyproject.toml), so test files import
 ``stagenet`` and ``run_cli`` (``from conftest import run_cli``) without path hacks.
@@ -8,6 +9,10 @@ scripts loaded as modules, and global torch flags restored after every test.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -142,12 +147,19 @@ def no_network(network_attempts):
     assert network_attempts == [], f"network access attempted: {network_attempts[:3]}"
 
 
+def run_example(script: object, *args: object, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS...`` (an example) in a fresh interpreter from the repository root,
+    with this checkout's paramgroups first on its path; output captured as text."""
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=root, env={**os.environ, "PYTHONPATH": path})
+
+
 def load_benchmark(name: str):
     """A script of ``benchmarks/`` as a module (tests reuse its checks); the folder is on
     sys.path only while the script loads (its own helpers, ``_util``, import from there)."""
     import importlib.util
-    import sys
-    from pathlib import Path
 
     if name in sys.modules:
         return sys.modules[name]

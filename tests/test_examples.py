@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
 from torch import nn
+
+from conftest import run_example
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +31,7 @@ def _expected(name: str, model: nn.Module) -> tuple[float, float, bool]:
 
 @pytest.mark.slow  # runs the example script in a subprocess
 def test_finetune_resnet18_runs():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, str(FINETUNE), "--steps", "2", "--batch-size", "4",
-                           "--image-size", "32"], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env=env)
+    proc = run_example(FINETUNE, "--steps", 2, "--batch-size", 4, "--image-size", 32, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     rows = [line.split() for line in lines]

@@ -4,10 +4,7 @@ its plan thaws exactly one group per epoch without ever changing the optimizer's
 from __future__ import annotations
 
 import math
-import os
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,8 @@ from torchvision import transforms
 import paramgroups
 from paramgroups import Plan
 from paramgroups.report import COLUMNS
+
+from conftest import run_example
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESSIVE = ROOT / "examples" / "progressive_unfreeze_resnet18.py"
@@ -50,10 +49,8 @@ def _lr(top: str, step: int, spe: int) -> float:
 
 @pytest.mark.slow  # runs the example script in a subprocess
 def test_progressive_unfreeze_runs():
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, str(PROGRESSIVE), "--epochs", str(EPOCHS), "--batches-per-epoch",
-                           "2", "--batch-size", "2", "--image-size", "32", "--seed", "1"],
-                          capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    proc = run_example(PROGRESSIVE, "--epochs", EPOCHS, "--batches-per-epoch", 2, "--batch-size", 2,
+                       "--image-size", 32, "--seed", 1)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     for epoch in range(EPOCHS):

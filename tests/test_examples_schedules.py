@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,16 +11,12 @@ from torch import nn
 
 from paramgroups.report import COLUMNS, LAYER_COLUMNS, schedule_table
 
+from conftest import run_example
+
 ROOT = Path(__file__).resolve().parents[1]
 STEP_DECAY = ROOT / "examples" / "step_decay_two_layers.py"
 CIFAR = ROOT / "examples" / "cifar_vgg_warmup.py"
 VIT = ROOT / "examples" / "vit_layer_decay.py"
-
-
-def _run(script: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                          timeout=180, cwd=ROOT, env=env)
 
 
 def _load(script: Path) -> dict:
@@ -39,7 +32,7 @@ def _step_decay(epoch: int) -> tuple[float, float]:
 
 @pytest.mark.slow  # runs the example script in a subprocess
 def test_step_decay_tables_identical():
-    proc = _run(STEP_DECAY, "--epochs", "6")
+    proc = run_example(STEP_DECAY, "--epochs", "6")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     want = [(e, *_step_decay(e)) for e in range(6)]
@@ -89,7 +82,7 @@ def _cifar_lr(epoch: int) -> float:
 
 @pytest.mark.slow  # runs the example script in a subprocess
 def test_cifar_warmup_runs():
-    proc = _run(CIFAR, "--epochs", "16", "--batches-per-epoch", "1", "--batch-size", "2",
+    proc = run_example(CIFAR, "--epochs", "16", "--batches-per-epoch", "1", "--batch-size", "2",
                 "--fake-size", "4")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
@@ -130,7 +123,7 @@ def test_cifar_plan_groups_and_schedule():
 
 @pytest.mark.slow  # runs the example script in a subprocess
 def test_cifar_data_dir_without_cifar(tmp_path):
-    proc = _run(CIFAR, "--data", str(tmp_path), "--epochs", "1")
+    proc = run_example(CIFAR, "--data", str(tmp_path), "--epochs", "1")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout == ""
     err = proc.stderr.splitlines()
@@ -172,7 +165,7 @@ def _audit_rows(lines: list[str], title: list[str], header: list[str]) -> dict[s
 
 @pytest.mark.slow  # runs the example script in a subprocess
 def test_vit_layer_decay_runs():
-    proc = _run(VIT, "--steps", "2", "--warmup", "1", "--batch-size", "2")
+    proc = run_example(VIT, "--steps", "2", "--warmup", "1", "--batch-size", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     rows = [line.split() for line in lines]

@@ -3,16 +3,15 @@ mixture-of-experts models (fused expert tensors, routers)."""
 
 from __future__ import annotations
 
-import os
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from paramgroups import Plan, Rule
+
+from conftest import run_example
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -107,9 +106,7 @@ def test_loraplus_plan_on_peft_llama() -> None:
 
 @pytest.mark.slow  # runs the example script in a subprocess
 def test_lora_llama_example_runs() -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, str(LORA_EXAMPLE), "--steps", "3"], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT, env=env)
+    proc = run_example(LORA_EXAMPLE, "--steps", 3, timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert [line.split(": loss ")[0] for line in lines[-3:]] == ["step 0", "step 1", "step 2"]
