@@ -63,7 +63,7 @@ def check_divisors(div_factor: float, final_div_factor: float) -> None:
 
 
 def _cosine(floor: float, t: float, length: float) -> float:
-    return floor + (1 - floor) * (1 + math.cos(math.pi * t / length)) / 2
+    return floor + (1 - floor) * (1 + math.cos(math.pi * min(t / length, 1.0))) / 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -346,18 +346,32 @@ def cosine_restart_position(t: float, period: float, mult: float) -> tuple[float
         else:
             break
     # at the float range's edges the start can overflow: clamp, the factor stays in [floor, 1]
-    return max(t - _cycle_start(n, period, mult), 0.0), period * _power(mult, n)
+    return max(t - _cycle_start(n, period, mult), 0.0), _scaled(period, mult, n)
 
 
-def _power(base: float, n: int) -> float:
+def _scaled(period: float, mult: float, n: int) -> float:
+    """``period * mult ** n``, also where ``mult ** n`` alone leaves float range but the
+    product does not (a tiny period); ``inf`` where the product does."""
     try:
-        return base ** n
+        return period * mult ** n
+    except OverflowError:
+        return _exp(math.log(period) + n * math.log(mult))
+
+
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
     except OverflowError:
         return math.inf
 
 
 def _cycle_start(n: int, period: float, mult: float) -> float:
-    return n * period if mult == 1 else period * (_power(mult, n) - 1) / (mult - 1)
+    if mult == 1:
+        return n * period
+    try:
+        return period * (mult ** n - 1) / (mult - 1)
+    except OverflowError:  # mult ** n is beyond float range, so mult ** n - 1 == mult ** n
+        return _exp(math.log(period) + n * math.log(mult) - math.log(mult - 1))
 
 
 SHAPES: dict[str, type[Shape]] = {
