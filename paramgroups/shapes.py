@@ -63,7 +63,7 @@ def check_divisors(div_factor: float, final_div_factor: float) -> None:
 
 
 def _cosine(floor: float, t: float, length: float) -> float:
-    return floor + (1 - floor) * (1 + math.cos(math.pi * min(t / length, 1.0))) / 2
+    return floor + (1 - floor) * (1 + math.cos(min(math.pi * t / length, math.pi))) / 2
 
 
 @dataclass(frozen=True, kw_only=True)
