@@ -80,14 +80,46 @@ def held_names(frozen: Mapping[str, bool], layers: Iterable[str]) -> set[str]:
     return held
 
 
+class Holds:
+    """The layers with running statistics of one model and the parameters that govern each
+    (see the module docstring), found once: :meth:`sync` then looks at those parameters only,
+    never walks the model, so a stage boundary in a training loop costs about what a
+    hand-written ``requires_grad`` flip does."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        named = list(model.named_parameters(remove_duplicate=False))
+        owners: set[str] = set()  # every module name above some parameter ("" when any)
+        for name, _ in named:
+            while name:
+                name = name.rpartition(".")[0]
+                owners.add(name)
+        scopes = []
+        for layer, module in model.named_modules():
+            if has_running_stats(module):
+                scope = layer
+                while scope not in owners and scope:
+                    scope = scope.rpartition(".")[0]
+                scopes.append((module, scope if scope in owners else None))
+        governing: dict[str, list[nn.Parameter]] = {s: [] for _, s in scopes if s is not None}
+        for name, param in named:
+            while name:
+                name = name.rpartition(".")[0]
+                if name in governing:
+                    governing[name].append(param)
+        self.layers = [(module, tuple(governing[s]) if s is not None else ())
+                       for module, s in scopes]
+
+    def sync(self) -> None:
+        """Hold each layer whose governing parameters are all frozen; release the held ones
+        that no longer qualify (others keep the mode the user gave them)."""
+        for module, params in self.layers:
+            if params and not any(p.requires_grad for p in params):
+                hold(module)
+            elif is_held(module):
+                release(module, self.model.training)
+
+
 def sync(model: nn.Module) -> None:
-    """Hold each layer with running statistics whose governing parameters are all frozen;
-    release the held ones that no longer qualify (others keep the mode the user gave them)."""
-    frozen = {n: not p.requires_grad for n, p in model.named_parameters(remove_duplicate=False)}
-    layers = {n: m for n, m in model.named_modules() if has_running_stats(m)}
-    held = held_names(frozen, layers)
-    for name, module in layers.items():
-        if name in held:
-            hold(module)
-        elif is_held(module):
-            release(module, model.training)
+    """:meth:`Holds.sync` for ``model`` once (a loop that syncs often keeps a :class:`Holds`)."""
+    Holds(model).sync()

@@ -289,3 +289,33 @@ def test_names_with_glob_characters_can_be_written_out_or_escaped():
     assert [n for n, lr in escaped.items() if lr == 0.5] == ["d.a*b.weight"]
     spaced = lr_of(Plan([Rule("d.x y", lr=0.5)], lr=0.1), model)
     assert [n for n, lr in spaced.items() if lr == 0.5] == ["d.x y.weight"]
+
+
+def test_holds_found_once_follow_every_later_flip_as_held_names_says():
+    """A Holds built once (as the scheduler keeps one) holds exactly the layers held_names picks
+    after each requires_grad flip, including parameterless norms that follow their block."""
+    import random
+
+    from paramgroups.norms import Holds, held_names, is_held
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),
+                          nn.Sequential(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4, affine=False)),
+                          nn.BatchNorm2d(4, affine=False), nn.Linear(4, 2))
+    holds = Holds(model)
+    params = dict(model.named_parameters())
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    rng = random.Random(0)
+    seen = set()
+    for _ in range(40):
+        for p in params.values():
+            p.requires_grad_(rng.random() < 0.5)
+        holds.sync()
+        expected = held_names({n: not p.requires_grad for n, p in params.items()}, layers)
+        assert {n for n, m in layers.items() if is_held(m)} == expected
+        assert all(not m.training for n, m in layers.items() if n in expected)
+        seen.add(frozenset(expected))
+    for p in params.values():
+        p.requires_grad_(False)
+    holds.sync()
+    assert all(is_held(m) for m in layers.values())  # "3" follows the whole model, frozen now
+    assert len(seen) == 4  # every combination of "1" and "2.1" came up
