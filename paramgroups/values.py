@@ -39,6 +39,14 @@ def check_number(name: str, value: Any, error: type[ParamgroupsError], *,
     return value
 
 
+def check_count(name: str, value: Any, error: type[ParamgroupsError]) -> int:
+    """``value`` when it is a whole number >= 1 (an int, not a bool: steps, epochs); else
+    ``error`` saying so."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise error(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
 def check_flag(name: str, value: Any, error: type[ParamgroupsError]) -> bool:
     """``value`` when it is a bool; else ``error`` saying ``name`` must be true or false."""
     if not isinstance(value, bool):

@@ -25,6 +25,7 @@ import torch
 from ..errors import PlanError
 from ..plan import Plan
 from ..schedules import NEEDS_TOTAL
+from ..values import check_count
 
 _PER_STEP = ("transformers' Trainer steps the scheduler every optimizer step: give steps_per_epoch, "
              "or write the plan's schedule and stages in steps (unit: step)")
@@ -79,8 +80,5 @@ def _with_run(plan: Plan, args: Any, num_training_steps: int | None,
 
 def _run_length(args: Any, num_training_steps: int | None) -> int | None:
     if num_training_steps is not None:
-        if isinstance(num_training_steps, bool) or not isinstance(num_training_steps, int) \
-                or num_training_steps < 1:
-            raise PlanError(f"num_training_steps must be a whole number >= 1, got {num_training_steps!r}")
-        return num_training_steps
+        return check_count("num_training_steps", num_training_steps, PlanError)
     return args.max_steps if args is not None and args.max_steps > 0 else None
