@@ -4,6 +4,22 @@ Canonical names drop wrapper segments (``module.`` from DDP, ``_orig_mod.`` from
 torch.compile, FSDP and activation-checkpoint wrappers, PEFT's ``base_model.model.`` and
 ``.base_layer``), so a plan written for a bare model means the same on a wrapped one. Tied
 weights appear once, under their first name, with the other names as aliases.
+
+Kinds (a parameter has every kind that applies; rules select by any of them):
+
+- ``weight`` / ``bias``: by the leaf name (``*weight``, ``*bias``); a tensor of two or more
+  dimensions of a module that is neither a norm nor an embedding is a ``weight`` whatever its name;
+- ``norm``: the parameters of a normalization layer (:func:`is_norm`);
+- ``embedding``: of an ``nn.Embedding``/``EmbeddingBag``, or named by the model's no-decay list;
+- ``ndim<=1``: scalars and vectors;
+- ``matrix``: a 2-D ``weight`` that is not a ``norm``, an ``embedding`` or a ``head``: what
+  Muon takes (linear layers, ``nn.MultiheadAttention``'s ``in_proj_weight``; not a 4-D
+  convolution, not a 3-D fused mixture-of-experts tensor);
+- ``head``: every parameter of the model's output layer (:func:`_output_layers`): a transformers
+  model's ``get_output_embeddings()``, a timm model's ``get_classifier()``, otherwise the last
+  ``nn.Linear`` in module order (torchvision's ``fc``, VGG's ``classifier.6``). A tied
+  ``lm_head.weight`` is the input embedding's tensor: one record, ``embedding`` and ``head``;
+- ``lora_A`` / ``lora_B`` / ``adapter``: the active adapters' parameters of a PEFT model.
 """
 
 from __future__ import annotations
@@ -23,7 +39,7 @@ from .errors import ModelError
 
 WRAPPER_SEGMENTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
 DDP_SEGMENT = "module"  # a wrapper segment only below (Distributed)DataParallel: users name modules so too
-KINDS = ("weight", "bias", "norm", "embedding", "ndim<=1", "lora_A", "lora_B", "adapter")
+KINDS = ("weight", "bias", "norm", "embedding", "ndim<=1", "matrix", "head", "lora_A", "lora_B", "adapter")
 _TUNER_LAYER = ("peft.tuners.tuners_utils", "BaseTunerLayer")  # every PEFT method's layer
 _NORM_TYPES = (
     nn.modules.batchnorm._NormBase,  # BatchNorm*, InstanceNorm*, SyncBatchNorm
@@ -244,20 +260,72 @@ def _kinds(leaf: str, module: nn.Module, param: torch.Tensor, name: str,
     whatever its name: fused mixture-of-experts tensors (transformers 5's Mixtral/Qwen-MoE
     ``experts.gate_up_proj``, ``experts.down_proj``) decay and are selected like any weight."""
     end = "bias" if leaf.endswith("bias") else "weight" if leaf.endswith("weight") else ""
-    return _kind_set(type(module), end, min(param.ndim, 2), no_decay(name))
+    return _kind_set(type(module), end, min(param.ndim, 3), no_decay(name))
 
 
 @lru_cache(maxsize=None)
 def _kind_set(cls: type, end: str, ndim: int, named_embedding: bool) -> frozenset[str]:
     """The kinds of a parameter of a ``cls`` module whose leaf name ends in ``end`` (``bias``,
-    ``weight`` or neither), of ``ndim`` (2: two or more); one shared frozenset per
-    combination, so records of a big model hold a handful of sets."""
+    ``weight`` or neither), of ``ndim`` (3: three or more); one shared frozenset per
+    combination, so records of a big model hold a handful of sets. ``head`` depends on the
+    module instance, not its class: :func:`_as_head` adds it outside this cache."""
     norm = _is_norm_class(cls)
     embedding = issubclass(cls, (nn.Embedding, nn.EmbeddingBag)) or named_embedding
     if not end and ndim >= 2 and not norm and not embedding:
         end = "weight"
-    flags = ((end, bool(end)), ("norm", norm), ("embedding", embedding), ("ndim<=1", ndim <= 1))
+    matrix = end == "weight" and ndim == 2 and not norm and not embedding
+    flags = ((end, bool(end)), ("norm", norm), ("embedding", embedding), ("ndim<=1", ndim <= 1),
+             ("matrix", matrix))
     return frozenset(kind for kind, on in flags if on)
+
+
+@lru_cache(maxsize=None)
+def _as_head(kinds: frozenset[str]) -> frozenset[str]:
+    """``kinds`` of a parameter of the output layer: ``head``, and no longer ``matrix``."""
+    return kinds - {"matrix"} | {"head"}
+
+
+_PRETRAINED = ("transformers.modeling_utils", "PreTrainedModel")
+
+
+def _output_layers(model: nn.Module, last_linear: nn.Module | None) -> list[nn.Module]:
+    """The model's output layer (its parameters are of kind ``head``), as a list (empty: none).
+
+    - a transformers model: ``get_output_embeddings()`` (``lm_head``); when it has none, a base
+      model (``model.base_model is model``: ``LlamaModel``, ``BertModel``) has no output layer,
+      and a task model (``BertForSequenceClassification``) falls back to the last ``nn.Linear``;
+    - a timm model: ``get_classifier()`` (both heads of a distilled model); a reset head
+      (``nn.Identity``, no parameters) is no output layer, not a reason to look elsewhere;
+    - any other model: the last ``nn.Linear`` in module order (``fc`` of a torchvision ResNet,
+      ``classifier.6`` of a VGG, ``heads.head`` of a torchvision ViT). A model whose output is
+      a convolution (a fully convolutional network) or anything else has none by this rule:
+      select such a layer by name.
+
+    ``last_linear`` is that last ``nn.Linear``, found by the inventory's walk (a PEFT
+    adapter's own ``lora_A``/``lora_B`` layers do not count; the ``base_layer`` they wrap does).
+    Wrappers (DDP, compile, PEFT) are looked through.
+    """
+    model = unwrap(model)
+    pretrained = _loaded(*_PRETRAINED)
+    if pretrained is not None and isinstance(model, pretrained):
+        found = _call(model, "get_output_embeddings")
+        if isinstance(found, nn.Module):
+            return [found]
+        if model.base_model is model:
+            return []
+    elif is_timm_model(model) and callable(getattr(model, "get_classifier", None)):
+        found = _call(model, "get_classifier")
+        found = found if isinstance(found, (tuple, list)) else [found]
+        return [m for m in found if isinstance(m, nn.Module) and next(m.parameters(), None) is not None]
+    return [] if last_linear is None else [last_linear]
+
+
+def _call(model: nn.Module, method: str) -> object:
+    """``model.method()``, or None when the model's own hook fails (it must not break the audit)."""
+    try:
+        return getattr(model, method)()
+    except Exception:
+        return None
 
 
 @lru_cache(maxsize=None)
@@ -294,6 +362,7 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
     enclosing: dict[str, frozenset[str]] = {}  # raw module name -> classes of it and above it
     records: list[ParamRecord] = []
     by_id: dict[int, ParamRecord] = {}
+    last_linear = None
     # one walk, as torch's named_parameters(remove_duplicate=False) walks: modules in
     # named_modules order, each module's own parameters in registration order
     for owner_raw, owner in model.named_modules(remove_duplicate=False):
@@ -304,6 +373,8 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
             adapters.update(_adapter_kinds(owner))
         outer = enclosing[owner_raw] = _enclosing(
             enclosing.get(owner_raw.rpartition(".")[0], frozenset()) if owner_raw else frozenset(), type(owner))
+        if isinstance(owner, nn.Linear) and (_TUNER_LAYER[1] not in outer or owner_raw.endswith("base_layer")):
+            last_linear = owner  # the output layer of a plain model; an adapter's own Linear is none
         if not owner._parameters:
             continue
         module = strip_wrappers(owner_raw, frozenset(wrapped)) if wrapped else owner_raw
@@ -335,4 +406,9 @@ def inventory(model: nn.Module) -> list[ParamRecord]:
             records.append(rec)
     if not records:
         raise ModelError(f"the model ({type(model).__name__}) has no parameters")
+    for layer in _output_layers(model, last_linear):
+        for param in layer.parameters():
+            rec = by_id.get(id(param))
+            if rec is not None and id(param) not in adapters:  # a LoRA of the head is an adapter
+                rec.kinds = _as_head(rec.kinds)
     return records
