@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from paramgroups import Plan, Rule, Stage, audit
-from paramgroups.cli.main import main
+from conftest import run_cli
 from paramgroups.errors import RuleError
 
 
@@ -252,11 +252,10 @@ def test_check_fails_on_a_tied_conflict(tmp_path, monkeypatch, capsys):
     plan = tmp_path / "plan.yaml"
     plan.write_text("lr: 0.1\nrules:\n  - match: emb\n    lr: 0.01\n  - match: out\n    lr: 0.02\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    rc = main(["check", "tiedmodels:build", "--rules", str(plan)])
-    out, err = capsys.readouterr()
+    rc, out, err = run_cli(capsys, "check", "tiedmodels:build", "--rules", plan)
     assert rc == 1, err
     assert out.count("violation:") == 1
     assert "emb.weight and out.weight are one tied tensor" in out and "plan.yaml:5: rule 1" in out
-    rc = main(["inspect", "tiedmodels:build", "--rules", str(plan), "--format", "json"])
-    data = json.loads(capsys.readouterr()[0])
+    rc, out, _ = run_cli(capsys, "inspect", "tiedmodels:build", "--rules", plan, "--format", "json")
+    data = json.loads(out)
     assert rc == 0 and data["parameters"][0]["aliases"] == ["out.weight"]

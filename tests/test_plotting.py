@@ -10,7 +10,7 @@ pytest.importorskip("matplotlib", reason="matplotlib is in the test extra; plott
 
 from matplotlib.image import imread  # noqa: E402
 
-from paramgroups.cli.main import main  # noqa: E402
+from conftest import run_cli as run  # noqa: E402
 from paramgroups.models import build_model  # noqa: E402
 from paramgroups.plan import Plan  # noqa: E402
 from paramgroups.plotting import MAX_LEGEND, default_epochs, plot_plan, plot_schedule  # noqa: E402
@@ -26,12 +26,6 @@ LAYERED = {"lr": 0.1, "optimizer": "sgd", "weight_decay": 1e-4, "layer_decay": 0
            "layers": ["{conv1,bn1}", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0",
                       "layer3.1", "layer4.0", "layer4.1", "fc"],
            "rules": [{"match": "bn1", "freeze": True}]}
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write(tmp_path, data, name="plan.json"):
