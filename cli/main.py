@@ -165,7 +165,8 @@ def check(model: str, rules: str | None, lr: float | None, weight_decay: float |
           steps_per_epoch: int | None) -> None:
     """Exit 0 if the plan is clean and every expectation holds, else 1 with one line per
     problem and per module that breaks an expectation."""
-    from paramgroups.report import audit, expectation_violations
+    from paramgroups.expectations import expectation_violations
+    from paramgroups.report import audit
 
     plan = _plan(rules, {"lr": lr, "weight_decay": weight_decay, "optimizer": optimizer})
     expectations = [(p, False) for p in expect_frozen] + [(p, True) for p in expect_trainable]
@@ -210,7 +211,7 @@ def schedule(model: str | None, rules: str | None, epochs: int, steps_per_epoch:
 
     from tabulate import tabulate
 
-    from paramgroups.report import schedule_table
+    from paramgroups.lr_table import schedule_table
 
     _check_tablefmt(tablefmt)
     plan = _plan(rules, {})

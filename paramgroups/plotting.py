@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 from torch import nn
 
 from .errors import PlotError
+from .lr_table import schedule_table
 from .plan import Plan
-from .report import Audit, schedule_table
+from .report import Audit
 from .timeline import Timeline
 
 if TYPE_CHECKING:  # pragma: no cover

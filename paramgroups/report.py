@@ -1,41 +1,52 @@
-"""The audit: every parameter with its group, LR, weight decay, trainable flag and rules.
+"""The audit: every parameter with its group, optimizer, LR, weight decay, trainable flag and
+rules.
 
-An :class:`Audit` is plain data (``parameters``, ``groups``, ``totals``, ``problems``) with
-renderers for a terminal table, JSON, CSV and Markdown. The JSON field names are a contract:
-scripts and CI checks read them; later versions add fields, never rename.
+An :class:`Audit` is plain data (``parameters``, ``groups``, ``totals``, ``problems``; with
+several optimizers, ``optimizers``: who steps what). Its text forms (terminal table, Markdown,
+CSV) are drawn by :mod:`paramgroups.tables`. The JSON field names are a contract: scripts and
+CI checks read them; later versions add fields, never rename.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from . import optim
+from . import optim, tables
+from .composite import CompositeOptimizer
 from .errors import ParamgroupsError, ReportError
-from .norms import has_running_stats, is_held
+from .expectations import expectation_violations  # noqa: F401  (public names of this module
+from .lr_table import schedule_table, schedule_times  # noqa: F401  before the text forms,
+from .tables import percent  # noqa: F401  the LR table and the expectations moved out)
 from .inventory import inventory
+from .norms import has_running_stats, is_held
 from .patterns import PatternList
 from .plan import PLAN_TAG, Plan
 from .timeline import Timeline
 
 COLUMNS = ("name", "shape", "numel", "module", "group", "base_lr", "lr", "weight_decay", "trainable",
            "rules")
-WIDTHS = {"name": 48, "module": 20, "rules": 14, "options": 28}  # wrap columns past these widths
-TABLE_WIDTH = 120  # a terminal's width: tables wrap their name column to fit
 LAYER_COLUMNS = ("layer", "lr_scale")  # shown when layer-wise LR decay is in use
 MIXED = "mixed"
 
 
 @dataclass
 class Audit:
-    """The audit of one model against a plan or an optimizer."""
+    """The audit of one model against a plan or an optimizer.
+
+    With more than one optimizer (a plan that routes parameters to Muon and AdamW, or a
+    :class:`~paramgroups.composite.CompositeOptimizer`), every parameter and group row has an
+    ``optimizer`` field (the name that steps it; ``None`` for a parameter in no group),
+    ``optimizers`` holds one record per optimizer in stepping order (``name``, ``class``,
+    ``groups``, ``params``, ``numel``, ``trainable``, ``optimizer_state_bytes``,
+    ``implementation``), ``implementation`` is theirs when they agree, else ``"mixed"``, and
+    the tables gain an ``optimizer`` column and a table of the optimizers. An audit of one
+    optimizer has none of these: its rows, JSON and tables are as they always were.
+    """
 
     model: str
     optimizer: str | None
@@ -45,11 +56,18 @@ class Audit:
     problems: list[str] = field(default_factory=list)
     implementation: str | None = None  # "fused", "foreach" or "for-loop": the step's code path
     lr_at: str = "step 0"  # when ``lr`` is taken; ``base_lr`` is before schedule and stages
+    optimizers: list[dict[str, Any]] = field(default_factory=list)  # only with several
+
+    @property
+    def several_optimizers(self) -> bool:
+        return len(self.optimizers) > 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "optimizer": self.optimizer,
-                "implementation": self.implementation, "lr_at": self.lr_at,
-                "parameters": self.parameters, "groups": self.groups, "totals": self.totals,
+        out = {"model": self.model, "optimizer": self.optimizer,
+               "implementation": self.implementation, "lr_at": self.lr_at}
+        if self.several_optimizers:
+            out["optimizers"] = self.optimizers
+        return {**out, "parameters": self.parameters, "groups": self.groups, "totals": self.totals,
                 "problems": self.problems}
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -72,53 +90,33 @@ class Audit:
         return replace(self, parameters=collapse(self.parameters, depth))
 
     def columns(self) -> tuple[str, ...]:
-        """Table columns: the layer columns only when some parameter has a layer id."""
+        """Parameter table columns: ``optimizer`` after ``group`` only with several optimizers,
+        the layer columns only when some parameter has a layer id."""
+        cols = COLUMNS
+        if self.several_optimizers:
+            at = cols.index("group") + 1
+            cols = (*cols[:at], "optimizer", *cols[at:])
         layered = any(r.get("layer") is not None for r in self.parameters)
-        return COLUMNS + LAYER_COLUMNS if layered else COLUMNS
+        return cols + LAYER_COLUMNS if layered else cols
 
-    def to_table(self, tablefmt: str = "simple", width: int | None = TABLE_WIDTH) -> str:
-        """Parameters, then groups, then totals and problems, as tabulate tables whose name
-        columns wrap to fit ``width`` characters (``None``: never wrap)."""
-        from tabulate import tabulate
+    def group_columns(self) -> tuple[str, ...]:
+        """Group table columns: ``optimizer`` after ``name`` only with several optimizers."""
+        cols = tables.GROUP_COLUMNS
+        if self.several_optimizers:
+            at = cols.index("name") + 1
+            cols = (*cols[:at], "optimizer", *cols[at:])
+        return cols
 
-        cols = self.columns()
-        params = [[_rich_cell(r, c) for c in cols] for r in self.parameters]
-        group_cols = ("index", "name", "params", "numel", "base_lr", "lr", "weight_decay", "options")
-        groups = [[_rich_cell(g, c) for c in group_cols] for g in self.groups]
-        parts = [_fit(params, self._headers(cols), tablefmt, [WIDTHS.get(c) for c in cols], 0, width),
-                 _fit(groups, self._headers(("group", *group_cols[1:])), tablefmt,
-                      [WIDTHS.get(c) for c in group_cols], 1, width),
-                 tabulate(self.totals_rows(), tablefmt=tablefmt, disable_numparse=True)]
-        if self.problems:
-            parts.append("\n".join(f"problem: {p}" for p in self.problems))
-        return "\n\n".join(parts)
-
-    def _headers(self, cols: Sequence[str]) -> list[str]:
-        """Column titles; the two LR columns say which LR they show."""
-        titles = {"base_lr": "base lr", "lr": f"lr@{self.lr_at.replace(' ', '')}", "weight_decay": "wd"}
-        return [titles.get(c, c) for c in cols]
-
-    def totals_rows(self) -> list[list[str]]:
-        t = self.totals
-        pct = (lambda n: percent(n, t["numel"])) if t["numel"] else (lambda n: "-")
-        state = t["optimizer_state_bytes"]
-        return [["parameters", f"{t['params']:,}"], ["numel", f"{t['numel']:,}"],
-                ["trainable", f"{t['trainable']:,} ({pct(t['trainable'])})"],
-                ["frozen", f"{t['frozen']:,} ({pct(t['frozen'])})"],
-                ["optimizer state", "unknown" if state is None else _bytes(state)],
-                ["optimizer step", f"{self.optimizer} ({self.implementation})"]]
+    def to_table(self, tablefmt: str = "simple", width: int | None = tables.TABLE_WIDTH) -> str:
+        """Parameters, groups, the optimizers (when several), totals and problems, as tabulate
+        tables whose name columns wrap to fit ``width`` characters (``None``: never wrap)."""
+        return tables.table(self, tablefmt, width)
 
     def to_markdown(self) -> str:
         return self.to_table("github")
 
     def to_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        cols = self.columns()
-        writer.writerow(cols)
-        for r in self.parameters:
-            writer.writerow([_cell(r[c], c) for c in cols])
-        return buf.getvalue()
+        return tables.csv_text(self)
 
 
 def _matching_names(pats: PatternList, rows: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
@@ -132,101 +130,6 @@ def _matching_names(pats: PatternList, rows: list[dict[str, Any]]) -> Callable[[
     include = every if pats.everything else pats.hits(every)
     exclude = pats.hits(every, "exclude")
     return lambda row: bool((names := candidates(row)) & include) and not names & exclude
-
-
-def _fit(rows: list[list[str]], headers: list[str], tablefmt: str, widths: list[int | None],
-         wrap: int, limit: int | None) -> str:
-    """A tabulate table whose column ``wrap`` (the names) wraps at dots and spaces so the table
-    stays within ``limit`` characters, down to 16 characters for that column (``None``: no
-    limit, no wrapping)."""
-    from tabulate import tabulate
-
-    widths = list(widths) if limit is not None else [None] * len(widths)
-    cap, widths[wrap] = widths[wrap], None  # that column is wrapped here, at name boundaries
-
-    def render(width: int | None) -> str:
-        cells = rows if width is None else [[*r[:wrap], _wrap_name(r[wrap], width), *r[wrap + 1:]]
-                                            for r in rows]
-        return tabulate(cells, headers=headers, tablefmt=tablefmt, disable_numparse=True,
-                        maxcolwidths=widths)
-
-    width = cap
-    for _ in range(3):  # wrapping at boundaries may land short of the width asked for
-        text = render(width)
-        over = max(map(len, text.splitlines()), default=0) - (limit or 0)
-        if limit is None or not rows or over <= 0:
-            return text
-        now = max(len(line) for r in rows for line in
-                  (_wrap_name(r[wrap], width) if width else str(r[wrap])).splitlines())
-        if now <= 16:
-            return text
-        width = max(16, now - over)
-    return render(width)
-
-
-def _wrap_name(text: str, width: int) -> str:
-    """``text`` in lines of at most ``width``, broken after dots, commas and spaces (inside a
-    segment only when one segment alone is wider)."""
-    lines, line = [], ""
-    for piece in re.split(r"(?<=[., ])", text):
-        if line and len(line) + len(piece) > width:
-            lines.append(line)
-            line = ""
-        while len(piece) > width:
-            lines.append(piece[:width])
-            piece = piece[width:]
-        line += piece
-    lines.append(line)
-    return "\n".join(x.rstrip() for x in lines if x.strip())
-
-
-def percent(part: int, whole: int) -> str:
-    """``part`` of ``whole`` to one decimal, never rounding a non-zero share to 0.0% or a
-    partial one to 100.0%."""
-    value = 100.0 * part / whole
-    if 0 < value < 0.05:
-        return "<0.1%"
-    if 99.95 <= value < 100:
-        return ">99.9%"
-    return f"{value:.1f}%"
-
-
-def _rich_cell(row: dict[str, Any], column: str) -> str:
-    """A table cell: counts with thousands separators, tied names show their other names,
-    frozen rows say who froze them."""
-    value = row[column]
-    if column in ("numel", "params") and isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    text = _cell(value, column)
-    if column == "name" and row.get("aliases"):
-        return f"{text} (= {', '.join(row['aliases'])})"
-    if column == "trainable" and row["trainable"] is False and row.get("frozen_by"):
-        return f"{text} ({row['frozen_by']})"
-    return text
-
-
-def _cell(value: Any, column: str = "") -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if column == "shape" and isinstance(value, list):
-        return "x".join(map(str, value)) or "scalar"
-    if isinstance(value, (list, tuple)):
-        return ",".join(map(str, value))
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items())
-    if value is None:
-        return "-"
-    return str(value)
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,} B" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return str(n)  # pragma: no cover
 
 
 def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
@@ -246,9 +149,9 @@ def collapse(rows: list[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
         m["kinds"] = sorted(set(m["kinds"]) | set(r["kinds"]))
         if r["stats"] is not None and m["stats"] != r["stats"]:  # layers without statistics don't vote
             m["stats"] = r["stats"] if m["stats"] is None else MIXED
-        for col in ("dtype", "module", "group", "base_lr", "lr", "weight_decay", "trainable", "frozen_by",
-                    "layer", "lr_scale"):
-            if m[col] != r[col]:
+        for col in ("dtype", "module", "group", "optimizer", "base_lr", "lr", "weight_decay", "trainable",
+                    "frozen_by", "layer", "lr_scale"):
+            if col in r and m[col] != r[col]:
                 m[col] = MIXED
     return list(merged.values())
 
@@ -276,25 +179,69 @@ def audit(model: nn.Module, plan: Plan | None = None,
     except ParamgroupsError as exc:  # a plan whose optimizer cannot be built is not clean
         if str(exc) not in problems:
             problems.append(str(exc))
-    cls = plan.optimizer_class
     timeline = Timeline.of(plan, res, steps_per_epoch)
     step = 0 if at is None else timeline.step_of(at)
     state = timeline.state(step)
     frozen = [state[a.group].frozen if a.group is not None else True for a in res.assignments]
     held = _held_norms(res, frozen) if plan.bn == "freeze" else set()
     f = timeline.factor(step)
+    steppers = _plan_steppers(plan, res)
+    several = len(steppers) > 1
+    routed = [g.optimizer if several else steppers[0].name for g in res.groups]
     params = [_param_row(a.record, a.group, a.lr, state[a.group].lr if a.group is not None else a.lr * f,
-                         a.weight_decay, not fr, a.rules, a.layer, a.lr_scale, _stats(a.record.owner, held), by)
+                         a.weight_decay, not fr, a.rules, a.layer, a.lr_scale, _stats(a.record.owner, held), by,
+                         (None if a.group is None else routed[a.group]) if several else _OMIT)
               for a, fr, by in zip(res.assignments, frozen, timeline.frozen_by(step))]
     groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr, state[g.index].lr,
-                         g.weight_decay, g.options) for g in res.groups]
-    merged = [dict(plan.optimizer_options, **g.options) for g in res.groups]
-    nbytes = _state_bytes(cls, [([a.record for a in g.members if not state[g.index].frozen], m)
-                                for g, m in zip(res.groups, merged)])
-    chosen = optim.implementation(cls, plan.optimizer_options, res.records)
-    path = _path({**plan.optimizer_options, **chosen}, cls)
-    return Audit(model_name, cls.__name__, params, groups, _totals(params, nbytes), problems, path,
-                 "step 0" if at is None else f"epoch {at:g}")
+                         g.weight_decay, g.options, g.optimizer if several else _OMIT) for g in res.groups]
+    found = []
+    for s in steppers:
+        mine = [g for g, name in zip(res.groups, routed) if name == s.name]
+        nbytes = _state_bytes(s.cls, [([a.record for a in g.members if not state[g.index].frozen],
+                                       {**s.options, **g.options}) for g in mine])
+        records = [a.record for g in mine for a in g.members] if several else res.records
+        chosen = optim.implementation(s.cls, s.options, records)
+        found.append((s.name, s.cls, nbytes, _path({**s.options, **chosen}, s.cls)))
+    return _finish(model_name, "CompositeOptimizer" if several else steppers[0].cls.__name__,
+                   params, groups, problems, found, "step 0" if at is None else f"epoch {at:g}")
+
+
+@dataclass(frozen=True)
+class _Stepper:
+    """One optimizer a plan builds: its name in the plan, its class, its constructor options."""
+
+    name: str
+    cls: type
+    options: dict[str, Any]
+
+
+def _plan_steppers(plan: Plan, res) -> list[_Stepper]:
+    """The optimizers the plan builds for ``res``, in the order they step."""
+    return [_Stepper(plan.optimizer_spec, plan.optimizer_class, dict(plan.optimizer_options))]
+
+
+def _finish(model_name: str, optimizer: str, params: list[dict[str, Any]], groups: list[dict[str, Any]],
+            problems: list[str], found: list[tuple[Any, type, int | None, str]], lr_at: str = "step 0"
+            ) -> Audit:
+    """The audit from its rows and, per optimizer, (name, class, state bytes, implementation)."""
+    states = [nbytes for _, _, nbytes, _ in found]
+    paths = {path for *_, path in found}
+    summary = []
+    if len(found) > 1:
+        for name, cls, nbytes, path in found:
+            mine = [r for r in params if r["optimizer"] == name]
+            summary.append({"name": name, "class": cls.__name__,
+                            "groups": sum(g["optimizer"] == name for g in groups), "params": len(mine),
+                            "numel": sum(r["numel"] for r in mine),
+                            "trainable": sum(r["numel"] for r in mine if r["trainable"]),
+                            "optimizer_state_bytes": nbytes, "implementation": path})
+    return Audit(model_name, optimizer, params, groups,
+                 _totals(params, None if None in states else sum(states)), problems,
+                 paths.pop() if len(paths) == 1 else MIXED, lr_at, summary)
+
+
+# torch.optim classes whose only step is a loop over the parameters (no foreach/fused switch)
+_LOOP_ONLY = frozenset({"Muon"})
 
 
 def _path(options: dict[str, Any], cls: type) -> str:
@@ -303,7 +250,10 @@ def _path(options: dict[str, Any], cls: type) -> str:
         return "fused"
     if options.get("foreach"):
         return "foreach"
-    return "for-loop" if "foreach" in optim.accepted_options(cls)[0] else "default"
+    if "foreach" in optim.accepted_options(cls)[0] or any(
+            k.__module__.startswith("torch.optim") and k.__name__ in _LOOP_ONLY for k in cls.__mro__):
+        return "for-loop"
+    return "default"
 
 
 def _held_norms(res, frozen: list[bool]) -> set[int]:
@@ -332,6 +282,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
     if plan is not None:
         res = plan.resolve(model, strict=False)
         rules_of = {a.record.index: a.rules for a in res.assignments}
+    inner = opt.optimizers if isinstance(opt, CompositeOptimizer) else {None: opt}
+    several = len(inner) > 1
     params, problems = [], []
     # A plan keeps frozen parameters in their groups on purpose (stages thaw them later).
     from_plan = plan is not None or getattr(opt, PLAN_TAG, None) is not None
@@ -344,7 +296,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
                                  g and g.get("weight_decay"), trainable,
                                  rules_of.get(rec.index, []), None, g and g.get("lr_scale"),
                                  _live_stats(rec.owner),
-                                 None if trainable else "model" if rec.is_float else "dtype"))
+                                 None if trainable else "model" if rec.is_float else "dtype",
+                                 (g and g["optimizer"]) if several else _OMIT))
         if len(gis) > 1:
             problems.append(f"{rec.name} is in {len(gis)} param groups ({', '.join(map(str, gis))})")
         elif not gis and trainable:
@@ -357,24 +310,26 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         if stray:
             problems.append(f"group {gi} holds {stray} tensor(s) that are not parameters of the model")
     by_id = {id(r.param): r for r in records}
-    groups, state_input = [], []
+    groups, state_input = [], {name: [] for name in inner}
     for gi, g in enumerate(opt.param_groups):
+        name = g["optimizer"] if several else None
         recs = [by_id[id(p)] for p in g["params"] if id(p) in by_id]
-        options = {k: v for k, v in g.items() if k not in ("params", "name", "lr", "weight_decay")
-                   and opt.defaults.get(k, _MISSING) != v}
+        options = {k: v for k, v in g.items() if k not in ("params", "name", "lr", "weight_decay", "optimizer")
+                   and inner[name].defaults.get(k, _MISSING) != v}
         groups.append(_group_row(gi, g.get("name", f"group {gi}"), recs, g.get("initial_lr", g.get("lr")),
-                                 g.get("lr"),
-                                 g.get("weight_decay"), options))
-        state_input.append(([r for r in recs if r.param.requires_grad], dict(g)))
-    state = _state_bytes(type(opt), state_input)
-    options = dict(opt.defaults)
-    if options.get("foreach") is None and not options.get("fused"):  # torch picks by device
-        options["foreach"] = any(r.device.type == "cuda" for r in records)
-    return Audit(model_name, type(opt).__name__, params, groups, _totals(params, state), problems,
-                 _path(options, type(opt)))
+                                 g.get("lr"), g.get("weight_decay"), options, name if several else _OMIT))
+        state_input[name].append(([r for r in recs if r.param.requires_grad], dict(g)))
+    found = []
+    for name, o in inner.items():
+        options = dict(o.defaults)
+        if options.get("foreach") is None and not options.get("fused"):  # torch picks by device
+            options["foreach"] = any(r.device.type == "cuda" for r in records)
+        found.append((name, type(o), _state_bytes(type(o), state_input[name]), _path(options, type(o))))
+    return _finish(model_name, type(opt).__name__, params, groups, problems, found)
 
 
 _MISSING = object()
+_OMIT = object()  # an audit of one optimizer: rows have no "optimizer" field
 
 
 def _live_stats(owner: nn.Module) -> str | None:
@@ -384,18 +339,19 @@ def _live_stats(owner: nn.Module) -> str | None:
     return "frozen" if is_held(owner) else "updating"
 
 
-def _param_row(rec, group, base_lr, lr, wd, trainable, rules, layer, lr_scale, stats, frozen_by
-               ) -> dict[str, Any]:
+def _param_row(rec, group, base_lr, lr, wd, trainable, rules, layer, lr_scale, stats, frozen_by,
+               optimizer=_OMIT) -> dict[str, Any]:
     return {"name": rec.name, "aliases": list(rec.aliases), "shape": list(rec.shape),
             "numel": rec.numel, "dtype": str(rec.dtype).replace("torch.", ""),
             "module": rec.module_class, "kinds": sorted(rec.kinds), "group": group,
-            "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
+            **({} if optimizer is _OMIT else {"optimizer": optimizer}), "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
             "frozen_by": frozen_by, "rules": list(rules), "layer": layer,
             "lr_scale": _num(lr_scale), "stats": stats}
 
 
-def _group_row(index, name, recs, base_lr, lr, wd, options) -> dict[str, Any]:
-    return {"index": index, "name": name, "params": len(recs),
+def _group_row(index, name, recs, base_lr, lr, wd, options, optimizer=_OMIT) -> dict[str, Any]:
+    return {"index": index, "name": name, **({} if optimizer is _OMIT else {"optimizer": optimizer}),
+            "params": len(recs),
             "numel": sum(r.numel for r in recs), "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd),
             "options": {k: _jsonable(v) for k, v in options.items()}}
 
@@ -429,61 +385,3 @@ def _totals(params: list[dict[str, Any]], state: int | None) -> dict[str, Any]:
     trainable = sum(p["numel"] for p in params if p["trainable"])
     return {"params": len(params), "numel": numel, "trainable": trainable,
             "frozen": numel - trainable, "optimizer_state_bytes": state}
-
-
-def expectation_violations(report: Audit, pattern: str, trainable: bool) -> list[str]:
-    """One line per module (or parameter) that ``pattern`` selects and that is not
-    ``trainable`` as expected: the largest modules whose selected parameters all break it."""
-    rows = report.select(match=pattern).parameters
-    if not rows:
-        return [f"expectation {pattern!r} selects no parameter"]
-    bad = {r["name"] for r in rows if r["trainable"] != trainable}
-    under: dict[str, list[str]] = {}  # module name -> the selected parameters below it
-    for r in rows:
-        parts = r["name"].split(".")
-        for depth in range(1, len(parts)):
-            under.setdefault(".".join(parts[:depth]), []).append(r["name"])
-    want, wrong = ("trainable", "frozen") if trainable else ("frozen", "trainable")
-    out, done = [], set()
-    for r in rows:
-        name = r["name"]
-        if name not in bad or name in done:
-            continue
-        parts = name.split(".")
-        top = next((".".join(parts[:d]) for d in range(1, len(parts))
-                    if all(n in bad for n in under[".".join(parts[:d])])), None)
-        if top is None:
-            out.append(f"{name} is {wrong}, expected {want} (by {pattern!r})")
-            done.add(name)
-            continue
-        members = under[top]
-        done.update(members)
-        count = f"{len(members):,} parameter{'s' if len(members) > 1 else ''}"
-        out.append(f"{top} ({count}) is {wrong}, expected {want} (by {pattern!r})")
-    return out
-
-
-def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,
-                   steps_per_epoch: int | None = None) -> tuple[list[str], list[list[Any]]]:
-    """The LR of every group at the first step of every epoch and at stage boundaries.
-
-    Returns ``(headers, rows)``; a frozen group's LR is ``None``. Without a model there are no
-    groups: the one column is the plan's base LR. A plateau schedule is shown without
-    reductions (they depend on metrics).
-    """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ReportError(f"epochs must be a whole number >= 1, got {epochs!r}")
-    timeline = Timeline.of(plan, plan.resolve(model) if model is not None else None, steps_per_epoch)
-    rows = [[t, *timeline.lrs(timeline.step_of(t))] for t in schedule_times(plan, epochs, steps_per_epoch)]
-    return ["epoch", *(g.name for g in timeline.groups)], rows
-
-
-def schedule_times(plan: Plan, epochs: int, steps_per_epoch: int | None = None) -> list[float]:
-    """The times :func:`schedule_table` shows: every epoch below ``epochs`` and every stage
-    boundary before it (a ``step=`` stage only with ``steps_per_epoch``)."""
-    times = set(range(epochs))
-    for st in plan.stages:
-        when = st.epoch if st.epoch is not None else (st.step / steps_per_epoch if steps_per_epoch else None)
-        if when is not None and when < epochs:
-            times.add(when)
-    return sorted(times)

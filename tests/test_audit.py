@@ -11,7 +11,7 @@ import torch
 
 from paramgroups import Plan, Rule, audit
 from paramgroups.errors import ParamgroupsError, ReportError
-from paramgroups.report import schedule_table
+from paramgroups.lr_table import schedule_table
 
 JSON_PARAM_KEYS = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "base_lr", "lr",
                    "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
