@@ -32,10 +32,12 @@ class Members(Protocol):
 @dataclass(frozen=True)
 class Group:
     """One torch param group: its settings and the parameters in it (``indices``, records of
-    ``source``); ``members`` are their assignments."""
+    ``source``); ``members`` are their assignments. ``optimizer`` names the optimizer that
+    steps it (the plan's names: :meth:`paramgroups.Plan.optimizer_class_of` gives its class)."""
 
     index: int
     name: str
+    optimizer: str
     lr: float
     weight_decay: float
     frozen: bool
@@ -54,11 +56,15 @@ class Group:
         records = self.source.records
         return sum(records[i].numel for i in self.indices)
 
-    def to_torch(self, *, with_weight_decay: bool = True) -> dict[str, Any]:
-        """The ``param_groups`` dict torch optimizers take; ``name`` rides along as metadata."""
+    def to_torch(self, *, with_weight_decay: bool = True, with_optimizer: bool = False) -> dict[str, Any]:
+        """The ``param_groups`` dict torch optimizers take; ``name`` (and, ``with_optimizer``,
+        ``optimizer``: what :class:`~paramgroups.composite.CompositeOptimizer` routes by) ride
+        along as metadata."""
         records = self.source.records
         out: dict[str, Any] = {"params": [records[i].param for i in self.indices],
                                "name": self.name, "lr": self.lr}
+        if with_optimizer:
+            out["optimizer"] = self.optimizer
         if with_weight_decay:
             out["weight_decay"] = self.weight_decay
         out.update(self.options)
@@ -107,6 +113,15 @@ def group_name(label: str | None, rules: Sequence[int], layer: int | None, froze
                for i, action in events]
     state = ["frozen"] if frozen and not events else []
     return ", ".join([what, *state, *changes])
+
+
+def with_optimizers(names: Sequence[str], optimizers: Sequence[str]) -> list[str]:
+    """``names`` with the optimizer added where groups of different optimizers would share a
+    name: ``default (muon)``, ``default (adamw)``; names of one optimizer stay as they are."""
+    seen: dict[str, set[str]] = {}
+    for name, opt in zip(names, optimizers):
+        seen.setdefault(name, set()).add(opt)
+    return [f"{name} ({opt})" if len(seen[name]) > 1 else name for name, opt in zip(names, optimizers)]
 
 
 def unique(names: Sequence[str]) -> list[str]:

@@ -30,6 +30,7 @@ _STATE: dict[str, Callable[[dict[str, Any]], int]] = {
 }
 
 
+@lru_cache(maxsize=1)
 def _torch_optimizers() -> dict[str, type]:
     return {
         name.lower(): obj for name, obj in vars(torch.optim).items()
@@ -57,6 +58,19 @@ def optimizer_class(spec: str | type) -> type:
         hint = f"; {close}" if close else f"; torch.optim has {', '.join(sorted(known))}"
         raise OptimizerError(f"unknown optimizer {spec!r}{hint}")
     return cls
+
+
+def optimizer_name(spec: str | type) -> str:
+    """The one name of an optimizer in a plan: torch.optim's own classes by their lower-case
+    name however they are written (``"AdamW"``, ``"torch.optim:AdamW"``, the class:
+    ``"adamw"``), ``"timm:lamb"`` and ``"pkg.module:Class"`` as written, any other class as
+    ``"module:Qualname"``. An unknown name is an :class:`OptimizerError`."""
+    cls = optimizer_class(spec)
+    if _torch_optimizers().get(cls.__name__.lower()) is cls:
+        return cls.__name__.lower()
+    if isinstance(spec, str):
+        return spec.lower() if spec.startswith("timm:") else spec
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _import_class(spec: str) -> type:
@@ -248,4 +262,20 @@ def unroutable(cls: type, record: Any) -> str | None:
         return (f"{what} has sparse gradients ({type(record.owner).__name__} with sparse=True) "
                 f"and {cls.__name__} does not take them; send it to sparseadam, sgd or adagrad, "
                 f"or build the embedding with sparse=False")
+    return None
+
+
+def first_unroutable(cls: type, records: Any) -> tuple[int, str] | None:
+    """The position of the first of ``records`` that ``cls`` cannot step, with
+    :func:`unroutable`'s reason, or None. Only the records that can be refused are asked: all of them for Muon and SparseAdam,
+    the weights of embeddings (sparse gradients) for the others."""
+    base = _torch_base(cls)
+    if base is None:
+        return None
+    every = base in ("Muon", "SparseAdam")
+    for i, record in enumerate(records):
+        if every or isinstance(record.owner, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+            why = unroutable(cls, record)
+            if why is not None:
+                return i, why
     return None

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from . import distributed, norms, optim, plan_fields, resolution
+from .composite import CompositeOptimizer
 from .config import Locations, read_plan_file
 from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, PlanWarning
 from .resolution import Resolution
 from .rules import Rule, rule_text
 from .schedules import Schedule
 from .stages import Stage, first_step, stage_state, stage_steps
-from .values import check_number, describe, is_finite_number
+from .values import check_number, describe, hint, is_finite_number
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
@@ -51,6 +52,18 @@ class Plan:
     plan's) adds LoRA+ rules after the rules: every trainable parameter gets the LR and weight
     decay peft's ``create_loraplus_optimizer`` gives it (lora_B and 1-d: ``lr_mult`` ratio).
     Extra keyword arguments are options of the optimizer (``momentum=0.9``), validated.
+
+    Several optimizers: a rule's ``optimizer`` routes its parameters to another optimizer
+    (``Rule("blocks.**.weight", optimizer="muon")``); ``optimizers`` gives each optimizer its
+    own defaults (``{"muon": {"lr": 0.02, "momentum": 0.95}}``). A parameter's LR is the last
+    ``lr`` a rule sets, else its optimizer's ``lr`` under ``optimizers``, else the plan's ``lr``,
+    else its optimizer's own default; the same for ``weight_decay`` and every option. The plan's
+    top-level options (``momentum=0.9``) are options of ``optimizer`` (checked against it) and
+    also apply to every other optimizer that takes them (never an error there); the plan's
+    ``weight_decay`` likewise. A rule's option must be taken by the optimizer of every parameter
+    it touches (an error at load for a rule that routes, at resolve otherwise). Names are
+    :func:`paramgroups.optim.optimizer_name`'s: ``"AdamW"`` and ``torch.optim.AdamW`` are
+    ``"adamw"``.
     ``_locations`` is where the values were written (:meth:`from_dict` passes a plan file's).
     """
 
@@ -60,15 +73,18 @@ class Plan:
                  layer_decay: float | None = None, layers: str | Sequence[Any] | None = None,
                  no_decay: bool = False, stages: Sequence[Stage | Mapping[str, Any]] = (),
                  bn: str = "freeze", norm_trainable: bool = False,
-                 loraplus: Mapping[str, float] | None = None, _locations: Locations | None = None,
-                 **optimizer_options: Any):
+                 loraplus: Mapping[str, float] | None = None,
+                 optimizers: Mapping[str | type, Mapping[str, Any]] | None = None,
+                 _locations: Locations | None = None, **optimizer_options: Any):
         given = {"rules": rules, "lr": lr, "weight_decay": weight_decay, "optimizer": optimizer,
+                 "optimizers": optimizers,
                  "schedule": schedule, "layer_decay": layer_decay, "layers": layers,
                  "no_decay": no_decay, "stages": stages, "bn": bn, "norm_trainable": norm_trainable,
                  "loraplus": loraplus, **optimizer_options}
         self._loc = _locations or Locations(None)
         values, self.optimizer_options = plan_fields.parse(given, self._loc)
         self.optimizer_spec, self.optimizer_class = values.pop("optimizer")
+        self.optimizers: dict[str, dict[str, Any]] = values.pop("optimizers")
         self.rules: list[Rule] = values.pop("rules")
         self.lr: float | None = values.pop("lr")
         self.weight_decay: float = values.pop("weight_decay")
@@ -80,6 +96,11 @@ class Plan:
         self.bn: str = values.pop("bn")
         self.norm_trainable: bool = values.pop("norm_trainable")
         self.loraplus: dict[str, float | None] | None = values.pop("loraplus")
+        self.default_optimizer: str = plan_fields.optimizer_name(self.optimizer_spec, {})
+        known = {self.default_optimizer: self.optimizer_class}
+        for name in [*self.optimizers, *(r.optimizer for r in self.rules if r.optimizer)]:
+            plan_fields.optimizer_name(name, known)
+        self.optimizer_classes: dict[str, type] = known
 
     @classmethod
     def progressive(cls, groups: Sequence[str | Sequence[str]], every: float = 1,
@@ -136,6 +157,51 @@ class Plan:
         return self.lr if self.lr is not None else optim.default_lr(self.optimizer_class)
 
     @property
+    def locations(self) -> Locations:
+        """Where the plan's values were written (lines of a plan file's keys)."""
+        return self._loc
+
+    def optimizer_class_of(self, name: str) -> type:
+        """The class of the optimizer the plan names ``name`` (its ``optimizer``, a key of
+        ``optimizers`` or a rule's ``optimizer``, as :func:`optim.optimizer_name` writes it)."""
+        cls = self.optimizer_classes.get(name)
+        if cls is None:
+            raise OptimizerError(f"the plan has no optimizer {name!r}; "
+                                 f"{hint(name, self.optimizer_classes, what='its optimizers are')}")
+        return cls
+
+    def base_lr_of(self, name: str) -> float:
+        """The LR of a parameter of optimizer ``name`` that no rule gives one: its ``lr`` under
+        ``optimizers``, else the plan's ``lr``, else that optimizer's own default."""
+        lr = self.optimizers.get(name, {}).get("lr", self.lr)
+        return lr if lr is not None else optim.default_lr(self.optimizer_class_of(name))
+
+    def base_weight_decay_of(self, name: str) -> float:
+        """The weight decay of a parameter of optimizer ``name`` that no rule gives one: its
+        ``weight_decay`` under ``optimizers``, else the plan's (for another optimizer than the
+        plan's own only when it takes weight_decay; else 0)."""
+        own = self.optimizers.get(name, {})
+        if "weight_decay" in own:
+            return own["weight_decay"]
+        if name == self.default_optimizer or optim.takes(self.optimizer_class_of(name), "weight_decay"):
+            return self.weight_decay
+        return 0.0
+
+    def optimizer_defaults(self, name: str) -> dict[str, Any]:
+        """The constructor options of optimizer ``name`` (before the implementation choice):
+        the plan's top-level options it takes, then its own under ``optimizers``, then its base
+        ``lr`` and ``weight_decay`` (when it takes it). Merged with a group's own options
+        (``Group.options``, ``lr``, ``weight_decay``) they are what the group steps with."""
+        cls = self.optimizer_class_of(name)
+        own = name == self.default_optimizer
+        out = {k: v for k, v in self.optimizer_options.items() if own or optim.takes(cls, k)}
+        out.update(self.optimizers.get(name, {}))
+        out["lr"] = self.base_lr_of(name)
+        if optim.takes(cls, "weight_decay"):
+            out["weight_decay"] = self.base_weight_decay_of(name)
+        return out
+
+    @property
     def all_rules(self) -> list[Rule]:
         """The rules, then the ``loraplus`` rules, then the ``no_decay`` shorthand's rule."""
         rules = [*self.rules, *self._loraplus_rules()]
@@ -188,9 +254,13 @@ class Plan:
         return self._torch_groups(self.resolve(model))
 
     def _torch_groups(self, res: Resolution) -> list[dict[str, Any]]:
+        """The groups as torch dicts; with several optimizers each says its own under
+        ``"optimizer"`` (a single optimizer's groups stay plain)."""
         res.check_conflicts()
-        with_wd = optim.takes(self.optimizer_class, "weight_decay")
-        return [g.to_torch(with_weight_decay=with_wd) for g in res.groups]
+        several = len(res.optimizers) > 1
+        takes_wd = {name: optim.takes(self.optimizer_class_of(name), "weight_decay") for name in res.optimizers}
+        return [g.to_torch(with_weight_decay=takes_wd[g.optimizer], with_optimizer=several)
+                for g in res.groups]
 
     def apply(self, model: nn.Module) -> Resolution:
         """Set ``requires_grad`` as the plan says at step 0 and hold the statistics of norm
@@ -232,22 +302,31 @@ class Plan:
 
     def _build_optimizer(self, res: Resolution) -> torch.optim.Optimizer:
         res.check_conflicts()
-        cls = self.optimizer_class
         if not any(not a.frozen or any(e[1] == "thaw" for e in a.events) for a in res.assignments):
             raise PlanError("the plan freezes every parameter (by its rules, or as the model gave "
                             "them) and no stage thaws any: nothing would train (thaw something with "
                             "freeze: false, or add a stage that thaws it)")
-        if len(res.groups) > 1 and _single_group(cls):
-            raise OptimizerError(f"optimizer {cls.__name__} takes one param group, but this plan "
-                                 f"makes {len(res.groups)} ({', '.join(g.name for g in res.groups)})")
-        defaults = dict(self.optimizer_options, lr=self.base_lr)
-        if optim.takes(cls, "weight_decay"):
-            defaults["weight_decay"] = self.weight_decay
-        defaults.update(optim.implementation(cls, self.optimizer_options, res.records))
-        try:
-            opt = cls(self._torch_groups(res), **defaults)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise OptimizerError(f"optimizer {cls.__name__} rejected the plan's settings: {exc}") from None
+        built = {}
+        for name in res.optimizers:
+            cls = self.optimizer_class_of(name)
+            groups = [g for g in res.groups if g.optimizer == name]
+            if len(groups) > 1 and _single_group(cls):
+                raise OptimizerError(f"optimizer {cls.__name__} takes one param group, but this plan "
+                                     f"makes {len(groups)} ({', '.join(g.name for g in groups)})")
+            defaults = self.optimizer_defaults(name)
+            records = res.records if len(res.optimizers) == 1 else [
+                res.records[i] for g in groups for i in g.indices]
+            defaults.update(optim.implementation(cls, defaults, records))
+            built[name] = (cls, defaults)
+        groups = self._torch_groups(res)
+        if len(built) > 1:
+            opt: torch.optim.Optimizer = CompositeOptimizer.build(groups, built)
+        else:
+            ((cls, defaults),) = built.values()
+            try:
+                opt = cls(groups, **defaults)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise OptimizerError(f"optimizer {cls.__name__} rejected the plan's settings: {exc}") from None
         setattr(opt, PLAN_TAG, Binding(self, res, None))  # audit() tells plan-built ones apart
         return opt
 

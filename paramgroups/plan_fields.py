@@ -134,52 +134,125 @@ def _loraplus(value: Any) -> dict[str, float | None] | None:
     return {k: check_number(f"loraplus {k}", v, PlanError) for k, v in {**LORAPLUS_FIELDS, **value}.items()}
 
 
-def _rules(value: Any, optimizer: OptimizerChoice, loc: Locations) -> list[Rule]:
+def _optimizers(value: Any, optimizer: OptimizerChoice, loc: Locations) -> dict[str, dict[str, Any]]:
+    """Per-optimizer defaults, ``{muon: {lr: 0.02, momentum: 0.95}}``: keys are optimizer names
+    (kept as :func:`optim.optimizer_name` gives them; two keys naming one class are an error),
+    values options of that optimizer, each checked against it at its own line."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PlanError(f"optimizers must be a mapping of optimizer names to their options "
+                        f"({{muon: {{lr: 0.02, momentum: 0.95}}}}), got {describe(value)}")
+    known = {optimizer_name(optimizer.spec, {}): optimizer.cls}
+    out: dict[str, dict[str, Any]] = {}
+    for spec, options in value.items():
+        try:
+            name = optimizer_name(spec, known)
+            if name in out:
+                raise PlanError(f"optimizers: {spec!r} names optimizer {name!r} a second time")
+            if options is None:
+                options = {}
+            if not isinstance(options, Mapping):
+                raise PlanError(f"optimizers: {name}: the options must be a mapping "
+                                f"(lr: 0.02, momentum: 0.95), got {describe(options)}")
+        except ParamgroupsError as exc:
+            raise exc.at(line=loc.line("optimizers", spec)) from None
+        cls = known[name]
+        checked = {}
+        for key, option in options.items():
+            try:
+                if key == "params" or not isinstance(key, str) or not optim.takes(cls, key):
+                    valid = list(optim.accepted_options(cls)[0])
+                    raise OptimizerError(f"optimizers: {name}: {key!r} is not an option of "
+                                         f"{cls.__name__} ({hint(key, valid, what='valid:')})")
+                checked[key] = optim.check_option_value(cls, key, option)
+            except ParamgroupsError as exc:
+                raise exc.at(line=loc.line("optimizers", spec, key)) from None
+        out[name] = checked
+    return out
+
+
+def optimizer_name(spec: Any, known: dict[str, type]) -> str:
+    """The plan's name for the optimizer ``spec``: :func:`optim.optimizer_name`, or the name
+    already in ``known`` (name -> class) of the same class; a new one is added to ``known``."""
+    name, cls = optim.optimizer_name(spec), optim.optimizer_class(spec)
+    for other, klass in known.items():
+        if klass is cls:
+            return other
+    known[name] = cls
+    return name
+
+
+def _rules(value: Any, optimizer: OptimizerChoice, optimizers: Mapping[str, Any],
+           loc: Locations) -> list[Rule]:
+    """The rules; each rule's ``optimizer`` is named as the plan names it, and its options are
+    checked against that optimizer, or, when it routes nothing, against every optimizer of the
+    plan (resolution checks each parameter's own)."""
     if value is None:
         return []
     if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
         raise ConfigError(f"rules must be a list of rules, got {type(value).__name__}")
-    rules = []
+    value = list(value)
+    known = {optimizer_name(optimizer.spec, {}): optimizer.cls}
+    for name in optimizers:
+        optimizer_name(name, known)
+    routes = []  # each rule's optimizer, as the plan names it
     for i, item in enumerate(value):
+        spec = item.get("optimizer") if isinstance(item, Mapping) else getattr(item, "optimizer", None)
         try:
-            rules.append(_rule(item, i, optimizer.cls, loc))
+            routes.append(None if spec is None else optimizer_name(spec, known))
+        except ParamgroupsError as exc:
+            raise exc.at(rule=i, line=loc.line("rules", i, "optimizer")) from None
+    rules = []
+    for i, (item, route) in enumerate(zip(value, routes)):
+        classes = list(known.values()) if route is None else [known[route]]
+        try:
+            rules.append(_rule(item, i, classes, loc))
         except ParamgroupsError as exc:
             raise exc.at(rule=i) from None
+        if route is not None:
+            rules[-1].optimizer = route
     return rules
 
 
-def _rule(item: Any, index: int, cls: type, loc: Locations) -> Rule:
+def _rule(item: Any, index: int, classes: list[type], loc: Locations) -> Rule:
     """Rule ``index``: a :class:`Rule`, or a mapping of its fields (an unknown key is an error
-    at the key's own line); optimizer options are checked against ``cls``."""
+    at the key's own line); optimizer options are checked against the optimizers ``classes``
+    (the rule's own, or all of the plan's when it routes nothing)."""
     if isinstance(item, Mapping):
         for key in item:
             if not isinstance(key, str):
                 raise RuleError(f"rule keys must be strings, got {key!r}")
             try:
-                _check_key(key, RULE_FIELDS, cls, RuleError)
+                _check_key(key, RULE_FIELDS, classes, RuleError)
             except RuleError as exc:
                 raise exc.at(line=loc.line("rules", index, key)) from None
         item = Rule(**item, source=loc.source, line=loc.line("rules", index))
     elif not isinstance(item, Rule):
         raise RuleError(f"a rule must be a mapping of fields, got {item!r}")
     for key, value in item.options.items():
-        _check_key(key, RULE_FIELDS, cls, RuleError)
+        _check_key(key, RULE_FIELDS, classes, RuleError)
+        cls = next(c for c in classes if optim.takes(c, key))
         item.options[key] = optim.check_option_value(cls, key, value)
     return item
 
 
-def _check_key(key: str, fields: tuple[str, ...], cls: type, error: type[ParamgroupsError]) -> None:
-    """``key`` is one of ``fields`` or an option of the optimizer ``cls``; else ``error`` with
-    the closest of both."""
-    if key in fields or optim.takes(cls, key):
+def _check_key(key: str, fields: tuple[str, ...], classes: list[type],
+               error: type[ParamgroupsError]) -> None:
+    """``key`` is one of ``fields`` or an option of one of the optimizers ``classes``; else
+    ``error`` with the closest of all."""
+    if key in fields or any(optim.takes(cls, key) for cls in classes):
         return
-    valid = list(dict.fromkeys([*fields, *optim.accepted_options(cls)[0]]))
-    raise error(f"unknown field {key!r} (not a plan field nor an option of {cls.__name__}; "
+    valid = list(dict.fromkeys([*fields, *(k for cls in classes for k in optim.accepted_options(cls)[0])]))
+    names = " or ".join(cls.__name__ for cls in classes)
+    raise error(f"unknown field {key!r} (not a plan field nor an option of {names}; "
                 f"{hint(key, valid, what='valid:')})")
 
 
 FIELDS: tuple[Field, ...] = (
     Field("optimizer", "sgd", _optimizer, write=_optimizer_text, always=True),
+    Field("optimizers", {}, _optimizers, needs=("optimizer", "locations"),
+          write=lambda table: {name: dict(options) for name, options in table.items()}),
     Field("lr", None, _number("lr")),
     Field("weight_decay", 0.0, _weight_decay, always=True),
     Field("schedule", None, _schedule, needs=("lr", "optimizer"), write=Schedule.to_dict),
@@ -190,7 +263,7 @@ FIELDS: tuple[Field, ...] = (
     Field("bn", "freeze", _bn),
     Field("norm_trainable", False, _flag("norm_trainable")),
     Field("loraplus", None, _loraplus, write=lambda lp: {k: v for k, v in lp.items() if v is not None}),
-    Field("rules", (), _rules, needs=("optimizer", "locations"),
+    Field("rules", (), _rules, needs=("optimizer", "optimizers", "locations"),
           write=lambda rules: [r.to_dict() for r in rules], always=True),
 )
 NAMES = tuple(f.name for f in FIELDS)
@@ -217,7 +290,7 @@ def parse(given: Mapping[str, Any], loc: Locations) -> tuple[dict[str, Any], dic
                 raise ConfigError(f"plan keys must be strings, got {key!r}")
             if key == "params":
                 raise PlanError("'params' is not a plan field: the plan finds the parameters itself")
-            _check_key(key, NAMES, cls, OptimizerError)
+            _check_key(key, NAMES, [cls], OptimizerError)
             options[key] = optim.check_option_value(cls, key, value)
         except ParamgroupsError as exc:
             raise loc.locate(exc.at(field=key if isinstance(key, str) else None)) from None

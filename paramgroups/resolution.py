@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from torch import nn
 
-from . import optim
+from . import optim, routing
 from .errors import OptimizerError, RuleError
-from .groups import Group, group_name, number, unique
+from .groups import Group, group_name, number, unique, with_optimizers
 from .inventory import ParamRecord, inventory
 from .layers import layer_ids, layer_scales
 from .names import NameTable
@@ -42,10 +42,12 @@ class Assignment:
     ``"stage N"``, ``"model"``, ``"dtype"``; None when it trains); ``events`` are the
     (stage, ``"thaw"``/``"freeze"``) that change it later; ``rules`` the rules that touched it,
     in order; ``group`` the index of its param group (None: in none, it never trains);
-    ``layer``/``lr_scale`` its layer id and the layer-decay scale folded into ``lr``.
+    ``layer``/``lr_scale`` its layer id and the layer-decay scale folded into ``lr``;
+    ``optimizer`` the name of the optimizer that steps it.
     """
 
     record: ParamRecord
+    optimizer: str
     lr: float
     weight_decay: float
     frozen: bool
@@ -64,6 +66,7 @@ class Settings:
     """What a list of rules gives a parameter before layer decay and stages; ``key`` is the
     same for equal settings (options may be unhashable)."""
 
+    optimizer: str
     lr: float
     weight_decay: float
     options: dict[str, Any]
@@ -73,14 +76,17 @@ class Settings:
     key: tuple
 
     @classmethod
-    def of(cls, rules: Sequence[Rule], touched: Sequence[int], base_lr: float,
-           base_weight_decay: float) -> "Settings":
+    def of(cls, rules: Sequence[Rule], touched: Sequence[int], plan: Plan) -> "Settings":
+        """The settings the rules ``touched`` give: the last rule's value of each field, else
+        the defaults of the parameter's optimizer (the last ``optimizer`` a rule sets, else the
+        plan's): its LR and weight decay under ``optimizers``, else the plan's."""
         fields, freezer = merged(rules, touched)
-        lr = fields.get("lr", base_lr) * fields.get("lr_mult", 1.0)
-        wd = fields.get("weight_decay", base_weight_decay) * fields.get("wd_mult", 1.0)
+        name = fields.get("optimizer", plan.default_optimizer)
+        lr = fields.get("lr", plan.base_lr_of(name)) * fields.get("lr_mult", 1.0)
+        wd = fields.get("weight_decay", plan.base_weight_decay_of(name)) * fields.get("wd_mult", 1.0)
         options = {k: v for k, v in fields.items() if k not in SETTINGS}
-        return cls(lr, wd, options, fields.get("group"), fields.get("freeze"), freezer,
-                   (fields.get("group"), lr, wd, repr(sorted(options.items()))))
+        return cls(name, lr, wd, options, fields.get("group"), fields.get("freeze"), freezer,
+                   (name, fields.get("group"), lr, wd, repr(sorted(options.items()))))
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,7 @@ class Columns:
         """One :class:`Assignment` per record, in model order."""
         layers, scales = self.layers, self.scales
         return tuple(
-            Assignment(rec, s.lr * (scales[i] if scales else 1.0), s.weight_decay, fr, by, s.label,
+            Assignment(rec, s.optimizer, s.lr * (scales[i] if scales else 1.0), s.weight_decay, fr, by, s.label,
                        s.options, list(hit), g, layers[i] if layers else None,
                        scales[i] if scales else 1.0, ev)
             for i, (rec, s, hit, fr, by, ev, g) in enumerate(zip(
@@ -115,7 +121,8 @@ class Columns:
 @dataclass(frozen=True)
 class Resolution:
     """A plan resolved against a model: one assignment per record, the groups, and what did
-    not fit (rules that matched nothing, tied weights given different values)."""
+    not fit (rules that matched nothing, tied weights given different values). ``optimizers``
+    names the optimizers that step the groups, in the order they step (their first group's)."""
 
     records: list[ParamRecord]
     groups: tuple[Group, ...]
@@ -124,6 +131,7 @@ class Resolution:
     conflicts: list[RuleError]
     names: NameTable = field(repr=False)
     columns: Columns = field(repr=False)
+    optimizers: tuple[str, ...] = ()
 
     @property
     def assignments(self) -> tuple[Assignment, ...]:
@@ -147,7 +155,7 @@ def resolve(plan: Plan, model: nn.Module, *, strict: bool = True) -> Resolution:
         scales = layer_scales(layers, plan.layer_decay)
     rules = plan.all_rules
     done = cascade(records, rules, table, strict=strict)
-    settings = _settings(records, rules, done.touched, plan.base_lr, plan.weight_decay)
+    settings = _settings(records, rules, done.touched, plan)
     rule_frozen, rule_by = _start_states(records, settings)
     # norm_trainable overrides the plan's own freezing, never the model's (a PEFT base norm)
     keep = ([plan.norm_trainable and "norm" in rec.kinds and rec.is_float and by != "model"
@@ -166,25 +174,30 @@ def resolve(plan: Plan, model: nn.Module, *, strict: bool = True) -> Resolution:
             members[g].append(i)
     columns = Columns(records, settings, done.touched, layers, scales, frozen, frozen_by, events, group_of)
     rule_names, stage_names = plan.rule_texts(rules), [stage_text(st) for st in plan.stages]
-    names = unique([group_name(settings[i].label, done.touched[i], layers[i] if layers else None,
-                               frozen[i], events[i], rule_names, stage_names) for i in first])
-    groups = tuple(Group(g, name, settings[i].lr * (scales[i] if scales else 1.0), settings[i].weight_decay,
-                         frozen[i], dict(settings[i].options), events[i], tuple(members[g]), columns)
-                   for g, (i, name) in enumerate(zip(first, names)))
+    names = [group_name(settings[i].label, done.touched[i], layers[i] if layers else None,
+                        frozen[i], events[i], rule_names, stage_names) for i in first]
+    optimizers = tuple(dict.fromkeys(settings[i].optimizer for i in first))
+    if len(optimizers) > 1:
+        names = with_optimizers(names, [settings[i].optimizer for i in first])
+    groups = tuple(Group(g, name, settings[i].optimizer, settings[i].lr * (scales[i] if scales else 1.0),
+                         settings[i].weight_decay, frozen[i], dict(settings[i].options), events[i],
+                         tuple(members[g]), columns)
+                   for g, (i, name) in enumerate(zip(first, unique(names))))
     _check(plan, records, done.touched, groups)
+    routing.check(plan, rules, records, done.touched, groups)
     return Resolution(records, groups, done.unmatched, [str(e) for e in (*done.errors, *done.conflicts)],
-                      done.conflicts, table, columns)
+                      done.conflicts, table, columns, optimizers)
 
 
 def _settings(records: Sequence[ParamRecord], rules: Sequence[Rule], touched: Sequence[tuple[int, ...]],
-              base_lr: float, base_weight_decay: float) -> list[Settings]:
+              plan: Plan) -> list[Settings]:
     """Each record's :class:`Settings`, computed once per distinct list of rules."""
     known: dict[tuple[int, ...], Settings] = {}
     out = []
     for i, hit in enumerate(touched):
         s = known.get(hit)
         if s is None:
-            s = known[hit] = Settings.of(rules, hit, base_lr, base_weight_decay)
+            s = known[hit] = Settings.of(rules, hit, plan)
             if not (math.isfinite(s.lr) and math.isfinite(s.weight_decay)):
                 raise RuleError(f"{records[i].name}: lr {s.lr:g} / weight_decay {s.weight_decay:g} "
                                 f"overflow (rules {list(hit)} multiply to infinity): use smaller values")
@@ -231,8 +244,10 @@ def _check(plan: Plan, records: Sequence[ParamRecord], touched: Sequence[tuple[i
     check_group_lrs(plan.schedule or Schedule(), plan.base_lr, [
         (g.name, g.lr, [plan.stages[i].lr_mult for i, act in g.events if act == "thaw"])
         for g in groups])
-    if not optim.takes(plan.optimizer_class, "weight_decay"):
-        wd = sorted({g.weight_decay for g in groups if g.weight_decay})
-        if wd:
-            raise OptimizerError(f"optimizer {plan.optimizer_class.__name__} does not take "
-                                 f"weight_decay, but the plan gives {wd[0]:g}")
+    for name in dict.fromkeys(g.optimizer for g in groups):
+        cls = plan.optimizer_class_of(name)
+        if not optim.takes(cls, "weight_decay"):
+            wd = sorted({g.weight_decay for g in groups if g.optimizer == name and g.weight_decay})
+            if wd:
+                raise OptimizerError(f"optimizer {cls.__name__} does not take weight_decay, but "
+                                     f"the plan gives {wd[0]:g}")

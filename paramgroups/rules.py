@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Sequence
 
+from . import optim
 from .errors import RuleError, UnmatchedRuleError, Where
 from .inventory import KINDS, ParamRecord
 from .names import NameTable
@@ -19,7 +20,7 @@ from .patterns import NameIndex, PatternList
 from .ties import TieWatch
 from .values import check_flag, check_number, hint
 
-SETTINGS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group")
+SETTINGS = ("lr", "lr_mult", "weight_decay", "wd_mult", "freeze", "group", "optimizer")
 RULE_FIELDS = ("match", "modules", "within", "kinds", "optional", *SETTINGS)
 
 
@@ -42,7 +43,9 @@ class Rule:
     ``lora_A``, ``lora_B`` and ``adapter`` (any PEFT method's); any of them); ``within`` by the
     class of any module above the parameter, its owner included (globs, base classes and mixins
     count: ``LlamaAttention``, ``*DecoderLayer``, ``LoraLayer``). Settings left ``None`` are
-    not touched by this rule. Extra keyword arguments are per-group optimizer options.
+    not touched by this rule. ``optimizer`` routes the parameters to another optimizer than the
+    plan's (any name the plan's ``optimizer`` takes, kept as :func:`optim.optimizer_name` gives
+    it). Extra keyword arguments are per-group optimizer options.
     ``source``/``line`` say where the rule was written (a plan file), for messages.
     """
 
@@ -57,6 +60,7 @@ class Rule:
     wd_mult: float | None = None
     freeze: bool | None = None
     group: str | None = None
+    optimizer: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     source: str | None = field(default=None, compare=False, repr=False)
     line: int | None = field(default=None, compare=False, repr=False)
@@ -67,7 +71,8 @@ class Rule:
                  lr: float | None = None, lr_mult: float | None = None,
                  weight_decay: float | None = None, wd_mult: float | None = None,
                  freeze: bool | None = None, group: str | None = None,
-                 source: str | None = None, line: int | None = None, **optimizer_options: Any):
+                 optimizer: str | type | None = None, source: str | None = None,
+                 line: int | None = None, **optimizer_options: Any):
         self.match = match if isinstance(match, str) else list(match) if isinstance(match, (list, tuple)) else match
         self.patterns = PatternList(self.match)
         self.modules = _as_list(modules, "modules")
@@ -87,6 +92,7 @@ class Rule:
         self.weight_decay = check_number("weight_decay", weight_decay, RuleError)
         self.wd_mult = check_number("wd_mult", wd_mult, RuleError)
         self.group = group
+        self.optimizer = None if optimizer is None else optim.optimizer_name(optimizer)
         self.options = dict(optimizer_options)
         self.source = source
         self.line = line
