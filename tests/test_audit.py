@@ -25,7 +25,7 @@ def test_plan_audit_rows_groups_totals(toy):
     assert list(rows) == [n for n, _ in toy.named_parameters()]
     assert rows["head.bias"] == {
         "name": "head.bias", "aliases": [], "shape": [10], "numel": 10, "dtype": "float32",
-        "module": "Linear", "kinds": ["bias", "ndim<=1"], "group": rows["head.bias"]["group"],
+        "module": "Linear", "kinds": ["bias", "head", "ndim<=1"], "group": rows["head.bias"]["group"],
         "base_lr": 0.1, "lr": 0.1, "weight_decay": 0.0, "trainable": True, "frozen_by": None, "rules": [1, 2],
         "layer": None, "lr_scale": 1.0, "stats": None}
     assert rows["stem.conv.weight"]["trainable"] is False and rows["stem.conv.weight"]["rules"] == [0]
