@@ -51,6 +51,8 @@ _EXPORTS = {
     "unfreeze": "stages",
     "inventory": "inventory",
     "build_model": "models",
+    "CompositeOptimizer": "composite",
+    "Timeline": "timeline",
 }
 
 __all__ = [*_EXPORTS, "errors", "__version__"]

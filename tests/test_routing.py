@@ -285,3 +285,139 @@ def test_weight_decay_and_one_group_limits_are_per_optimizer():
         Plan(optimizer="adamw", rules=[Rule("head", optimizer="rprop", weight_decay=0.1)]).resolve(rw.model())
     with pytest.raises(OptimizerError, match="optimizer LBFGS takes one param group, but this plan makes 2"):
         Plan(optimizer="lbfgs", lr=1, rules=[Rule("head", lr=0.5)]).optimizer(rw.model())
+
+
+# -- schedules, stages, resume ------------------------------------------------------------------
+
+
+def test_hybrid_lrs_follow_the_timeline_with_stages_warmup_cosine_lr_mult_and_layer_decay():
+    net = rw.model()
+    plan = Plan.from_dict(rw.STAGED)
+    opt, sched = rw.staged(net)
+    own = sched.timeline  # the scheduler's own, from the composite's groups
+    timeline = Timeline.of(plan, plan.resolve(rw.model()), rw.STEPS_PER_EPOCH)
+    groups = plan.resolve(rw.model()).groups
+    assert [g["optimizer"] for g in opt.param_groups] == ["adamw", "adamw", "muon", "adamw", "muon",
+                                                        "adamw", "adamw", "adamw"]
+    # layer decay 0.5 over layers 0..3, lr_mult 3 on the head, Muon's own LR for its matrices
+    assert [g.lr for g in groups] == pytest.approx([3e-4 / 8, 3e-4 / 4, 0.02 / 4, 3e-4 / 2, 0.02 / 2,
+                                                    3e-4, 9e-4, 9e-4], rel=1e-15)
+    thawed = [g for g in groups if g.events]
+    assert [(g.optimizer, g.frozen) for g in thawed] == [("adamw", True), ("muon", True)]
+    blocks1 = [p for n, p in net.named_parameters() if n.startswith("blocks.1.")]
+    for k in range(20):
+        states = timeline.state(k)
+        expected = [g.lr * timeline.factor(k) * s.stage_factor for g, s in zip(groups, states)]
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(expected, rel=1e-13, abs=0)
+        assert [s.lr for s in states] == pytest.approx(expected, rel=1e-13, abs=0)
+        assert own.state(k) == states
+        assert all(p.requires_grad == (k >= rw.STEPS_PER_EPOCH) for p in blocks1), k
+        if k == rw.STEPS_PER_EPOCH + 2:  # inside the stage's warmup: 0.5 x 2/5 of the ramp
+            assert states[4].stage_factor == pytest.approx(0.5 * 2 / 5) and not states[4].frozen
+        rw.train(net, [opt], k, k + 1, [sched])
+    assert set(opt.state[net.blocks[1].up.weight]) == {"momentum_buffer"}
+
+
+def test_onecycle_cycles_muon_momentum_and_adamw_beta1_per_group():
+    net = rw.model()
+    plan = Plan.from_dict({**rw.HYBRID, "schedule": {"main": "onecycle", "total": 10}})
+    opt = plan.optimizer(net)
+    sched = plan.scheduler(opt)
+    assert sched.momentum_keys == ["betas", "momentum", "betas"]
+    for k in range(10):
+        m = plan.schedule.momentum(k)
+        assert opt.param_groups[1]["momentum"] == m and opt.optimizers["muon"].param_groups[0]["momentum"] == m
+        assert [g["betas"] for g in opt.param_groups if "betas" in g] == [(m, 0.95), (m, 0.95)]
+        rw.train(net, [opt], k, k + 1, [sched])
+
+
+@pytest.mark.slow
+def test_resume_in_another_process_is_bitwise(tmp_path):
+    full = rw.model()
+    full_opt, full_sched = rw.staged(full)
+    rw.train(full, [full_opt], 0, 12, [full_sched])
+
+    net = rw.model()
+    opt, sched = rw.staged(net)
+    rw.train(net, [opt], 0, 7, [sched])  # inside the stage's warmup
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict()}, ckpt)
+    out = tmp_path / "out.pt"
+    subprocess.run([sys.executable, str(Path(rw.__file__)), str(ckpt), "7", "12", str(out)], check=True)
+    saved = torch.load(out, weights_only=True)
+    other = rw.model()
+    other.load_state_dict(saved["model"])
+    other_opt, other_sched = rw.staged(other)
+    other_opt.load_state_dict(saved["optimizer"])
+    other_sched.load_state_dict(saved["scheduler"])
+    assert_same(full, full_opt, other, list(other_opt.optimizers.values()))
+    assert [g["lr"] for g in other_opt.param_groups] == [g["lr"] for g in full_opt.param_groups]
+    assert other_sched.last_epoch == full_sched.last_epoch == 12
+    assert all(p.requires_grad for p in other.parameters())
+
+
+# -- trainers -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lightning_runs_a_hybrid_plan(tmp_path):
+    L = pytest.importorskip("lightning", reason="Lightning is an optional extra")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    plan = Plan.from_dict({**rw.HYBRID, "schedule": {"main": "cosine", "total": 3, "unit": "step"}})
+
+    class Lit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = rw.model()
+
+        def training_step(self, batch, _):
+            ids, targets = batch
+            return nn.functional.cross_entropy(self.net(ids).flatten(0, 1), targets.flatten())
+
+        def configure_optimizers(self):
+            opt = plan.optimizer(self.net)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": plan.scheduler(opt), "interval": "step"}}
+
+    data = TensorDataset(*map(torch.cat, zip(*(rw.batch(i) for i in range(3)))))
+    module = Lit()
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, DataLoader(data, batch_size=4))
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, CompositeOptimizer) and trainer.global_step == 3
+    assert set(opt.optimizers["muon"].state[module.net.blocks[0].up.weight]) == {"momentum_buffer"}
+    assert opt.optimizers["adamw"].state[module.net.head.weight]["step"].item() == 3
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0, 0.0, 0.0], abs=1e-20)  # cosine's end
+
+
+@pytest.mark.slow
+def test_huggingface_trainer_runs_a_hybrid_plan(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is an optional extra")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(config)
+    plan = Plan(optimizer="adamw", lr=3e-4, optimizers={"muon": {"lr": 0.02}},
+                schedule={"main": "linear", "total": 3, "unit": "step", "min_factor": 0.5},
+                rules=[Rule("model.layers", modules="Linear", optimizer="muon")])
+    opt = plan.optimizer(model)
+    sched = plan.scheduler(opt)
+    matrices = [p for g in opt.param_groups if g["optimizer"] == "muon" for p in g["params"]]
+    assert len(matrices) == 2 * 7 and all(p.ndim == 2 for p in matrices)
+    g = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (6, 8), generator=g)]
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2,
+                                          report_to=[], save_strategy="no", logging_strategy="no",
+                                          use_cpu=True, disable_tqdm=True)
+    before = [m.detach().clone() for m in matrices]
+    transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched)).train()
+    assert set(opt.optimizers["muon"].state[matrices[0]]) == {"momentum_buffer"}
+    assert opt.optimizers["adamw"].state[model.lm_head.weight]["step"].item() == 3
+    assert not any(torch.equal(a, m) for a, m in zip(before, matrices))
+    assert sched.last_epoch == 3
+    assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([1.5e-4, 0.01])
