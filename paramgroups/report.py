@@ -185,39 +185,25 @@ def audit(model: nn.Module, plan: Plan | None = None,
     frozen = [state[a.group].frozen if a.group is not None else True for a in res.assignments]
     held = _held_norms(res, frozen) if plan.bn == "freeze" else set()
     f = timeline.factor(step)
-    steppers = _plan_steppers(plan, res)
-    several = len(steppers) > 1
-    routed = [g.optimizer if several else steppers[0].name for g in res.groups]
+    names = res.optimizers or (plan.default_optimizer,)
+    several = len(names) > 1
     params = [_param_row(a.record, a.group, a.lr, state[a.group].lr if a.group is not None else a.lr * f,
                          a.weight_decay, not fr, a.rules, a.layer, a.lr_scale, _stats(a.record.owner, held), by,
-                         (None if a.group is None else routed[a.group]) if several else _OMIT)
+                         (a.optimizer if a.group is not None else None) if several else _OMIT)
               for a, fr, by in zip(res.assignments, frozen, timeline.frozen_by(step))]
     groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr, state[g.index].lr,
                          g.weight_decay, g.options, g.optimizer if several else _OMIT) for g in res.groups]
     found = []
-    for s in steppers:
-        mine = [g for g, name in zip(res.groups, routed) if name == s.name]
-        nbytes = _state_bytes(s.cls, [([a.record for a in g.members if not state[g.index].frozen],
-                                       {**s.options, **g.options}) for g in mine])
-        records = [a.record for g in mine for a in g.members] if several else res.records
-        chosen = optim.implementation(s.cls, s.options, records)
-        found.append((s.name, s.cls, nbytes, _path({**s.options, **chosen}, s.cls)))
-    return _finish(model_name, "CompositeOptimizer" if several else steppers[0].cls.__name__,
+    for name in names:  # as plan.build_optimizer builds them
+        cls, options = plan.optimizer_class_of(name), plan.optimizer_defaults(name)
+        mine = [g for g in res.groups if g.optimizer == name]
+        nbytes = _state_bytes(cls, [([a.record for a in g.members if not state[g.index].frozen],
+                                     {**options, **g.options}) for g in mine])
+        records = [res.records[i] for g in mine for i in g.indices] if several else res.records
+        chosen = optim.implementation(cls, options, records)
+        found.append((name, cls, nbytes, _path({**options, **chosen}, cls)))
+    return _finish(model_name, "CompositeOptimizer" if several else found[0][1].__name__,
                    params, groups, problems, found, "step 0" if at is None else f"epoch {at:g}")
-
-
-@dataclass(frozen=True)
-class _Stepper:
-    """One optimizer a plan builds: its name in the plan, its class, its constructor options."""
-
-    name: str
-    cls: type
-    options: dict[str, Any]
-
-
-def _plan_steppers(plan: Plan, res) -> list[_Stepper]:
-    """The optimizers the plan builds for ``res``, in the order they step."""
-    return [_Stepper(plan.optimizer_spec, plan.optimizer_class, dict(plan.optimizer_options))]
 
 
 def _finish(model_name: str, optimizer: str, params: list[dict[str, Any]], groups: list[dict[str, Any]],
@@ -282,7 +268,8 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
     if plan is not None:
         res = plan.resolve(model, strict=False)
         rules_of = {a.record.index: a.rules for a in res.assignments}
-    inner = opt.optimizers if isinstance(opt, CompositeOptimizer) else {None: opt}
+    composite = isinstance(opt, CompositeOptimizer)
+    inner = opt.optimizers if composite else {None: opt}
     several = len(inner) > 1
     params, problems = [], []
     # A plan keeps frozen parameters in their groups on purpose (stages thaw them later).
@@ -312,7 +299,7 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
     by_id = {id(r.param): r for r in records}
     groups, state_input = [], {name: [] for name in inner}
     for gi, g in enumerate(opt.param_groups):
-        name = g["optimizer"] if several else None
+        name = g["optimizer"] if composite else None
         recs = [by_id[id(p)] for p in g["params"] if id(p) in by_id]
         options = {k: v for k, v in g.items() if k not in ("params", "name", "lr", "weight_decay", "optimizer")
                    and inner[name].defaults.get(k, _MISSING) != v}

@@ -67,7 +67,14 @@ def totals_rows(report: Audit) -> list[list[str]]:
             ["trainable", f"{t['trainable']:,} ({pct(t['trainable'])})"],
             ["frozen", f"{t['frozen']:,} ({pct(t['frozen'])})"],
             ["optimizer state", _state(state)],
-            ["optimizer step", f"{report.optimizer} ({report.implementation})"]]
+            ["optimizer step", f"{report.optimizer} ({_paths(report)})"]]
+
+
+def _paths(report: Audit) -> str:
+    """The step implementation: the optimizer's, or each inner optimizer's by name."""
+    if not report.several_optimizers:
+        return str(report.implementation)
+    return ", ".join(f"{o['name']}: {o['implementation']}" for o in report.optimizers)
 
 
 def optimizer_rows(report: Audit) -> list[list[str]]:
