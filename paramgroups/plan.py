@@ -10,7 +10,6 @@ gives assignments and groups, which become ordinary ``torch.optim`` param groups
 from __future__ import annotations
 
 import gc
-import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from .errors import ConfigError, OptimizerError, ParamgroupsError, PlanError, Pl
 from .resolution import Resolution
 from .rules import Rule, rule_text
 from .schedules import Schedule
-from .stages import Stage, first_step, stage_state, stage_steps
-from .values import check_number, describe, hint, is_finite_number
+from .stages import Stage
+from .values import check_number, hint
 
 if TYPE_CHECKING:
     from .scheduler import PlanScheduler
@@ -368,56 +367,6 @@ class Plan:
                 f"{' (nothing moves)' if st.warmup_start == 0 else ''}; pass steps_per_epoch to "
                 f"ramp per iteration"
                 for i, st in enumerate(self.stages) if st.epoch is not None and st.warmup > 0]
-
-    def stage_state_at(self, res: Resolution, epoch: float | None = None,
-                       steps_per_epoch: int | None = None) -> list[tuple[bool, float]]:
-        """(frozen, stage LR factor) of each group at the first step of ``epoch`` (default 0)."""
-        steps, warmups, k = self._stage_clock(epoch, steps_per_epoch)
-        return [stage_state(g.events, self.stages, g.frozen, k, steps, warmups) for g in res.groups]
-
-    def frozen_by_at(self, res: Resolution, epoch: float | None = None,
-                     steps_per_epoch: int | None = None) -> list[str | None]:
-        """Per assignment, who froze it as of ``epoch``: the last stage that froze it, else the
-        rule or the model (``Assignment.frozen_by``); ``None`` when it is trainable then."""
-        steps, _, k = self._stage_clock(epoch, steps_per_epoch)
-        out = []
-        for a in res.assignments:
-            done = [(i, action) for i, action in a.events if steps[i] <= k]
-            if not done:
-                out.append(a.frozen_by if a.frozen else None)
-            else:
-                out.append(f"stage {done[-1][0]}" if done[-1][1] == "freeze" else None)
-        return out
-
-    def _stage_clock(self, epoch: float | None, steps_per_epoch: int | None
-                     ) -> tuple[list[int], list[int], int]:
-        """Each stage's step and warmup in scheduler steps, and the step of ``epoch``."""
-        if epoch is None:  # step 0: only stages at time 0 can have acted
-            steps, warmups = stage_steps(self.stages, "step", steps_per_epoch or 1)
-            return steps, warmups, 0
-        schedule = self.schedule or Schedule()
-        steps, warmups = stage_steps(self.stages, schedule.unit, steps_per_epoch)
-        return steps, warmups, _step_of(epoch, steps_per_epoch)
-
-    def factor_at(self, epoch: float, steps_per_epoch: int | None = None) -> float:
-        """The schedule's LR factor at the first step of ``epoch`` (plateau: no reductions).
-
-        The scheduler steps once per epoch without ``steps_per_epoch`` and once per iteration
-        with it; a schedule in steps without ``steps_per_epoch`` reads ``epoch`` as a step.
-        """
-        schedule = self.schedule or Schedule()
-        step = _step_of(epoch, steps_per_epoch)
-        with self._in_file():  # a total left to a trainer: the error names the plan file
-            return schedule.factor(step, base_lr=self.base_lr, steps_per_epoch=steps_per_epoch)
-
-
-def _step_of(epoch: float, steps_per_epoch: int | None) -> int:
-    if not is_finite_number(epoch) or epoch < 0:
-        raise PlanError(f"the epoch to look at must be a finite number >= 0, got {describe(epoch)}")
-    if not math.isfinite(epoch * (steps_per_epoch or 1)):
-        raise PlanError(f"the epoch to look at, {epoch:g}, times {steps_per_epoch} steps per epoch "
-                        "is beyond float range: look at an earlier epoch")
-    return first_step(epoch, steps_per_epoch)
 
 
 def _unwrap(optimizer: Any) -> Any:

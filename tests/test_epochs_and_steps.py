@@ -9,6 +9,7 @@ import pytest
 
 from paramgroups import Plan, Rule, Stage
 from paramgroups.schedules import Schedule
+from paramgroups.timeline import Timeline
 
 from conftest import run_cli as run
 from stagenet import Net
@@ -16,7 +17,8 @@ from stagenet import Net
 
 def test_epochs_become_steps_for_step_schedules_too():
     plan = Plan(lr=0.1, schedule=Schedule("linear", total=300, unit="step"))
-    assert [plan.factor_at(e, steps_per_epoch=100) * 0.1 for e in range(3)] == pytest.approx(
+    t = Timeline.of(plan, None, steps_per_epoch=100)
+    assert [t.factor(t.step_of(e)) * 0.1 for e in range(3)] == pytest.approx(
         [0.1, 0.1 * 2 / 3, 0.1 / 3], rel=1e-12)
 
 

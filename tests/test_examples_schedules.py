@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from paramgroups.report import COLUMNS, LAYER_COLUMNS, schedule_table
+from paramgroups.timeline import Timeline
 
 from conftest import run_example
 
@@ -63,7 +64,7 @@ def test_step_decay_plan_groups_and_schedule():
         ns["adjust_learning_rate"](hand, epoch)
         lrs = tuple(g["lr"] for g in optimizer.param_groups)
         assert lrs == tuple(g["lr"] for g in hand.param_groups) == _step_decay(epoch)
-        assert plan.factor_at(epoch) == 0.1 ** (epoch // 2)
+        assert Timeline.of(plan).factor(Timeline.of(plan).step_of(epoch)) == 0.1 ** (epoch // 2)
         optimizer.step()  # no gradients: changes nothing, keeps torch's step-order check quiet
         scheduler.step()
     headers, rows = schedule_table(plan, model, 6)
@@ -100,8 +101,9 @@ def test_cifar_plan_groups_and_schedule():
     ns = _load(CIFAR)
     model = ns["SmallVGG"]()
     plan = ns["make_plan"]()
+    t = Timeline.of(plan)
     for epoch in range(21):
-        assert plan.factor_at(epoch) * 0.04 == pytest.approx(_cifar_lr(epoch), rel=1e-12, abs=0)
+        assert t.factor(t.step_of(epoch)) * 0.04 == pytest.approx(_cifar_lr(epoch), rel=1e-12, abs=0)
     optimizer = plan.optimizer(model)
     assert isinstance(optimizer, torch.optim.SGD)
     where = {id(p): g for g in optimizer.param_groups for p in g["params"]}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from paramgroups import Plan, Rule
+from paramgroups.timeline import Timeline
 
 from conftest import run_example
 
@@ -74,7 +75,8 @@ def test_staged_unfreeze_lm() -> None:
     names = [a.record.name for a in res.assignments]
 
     def trainable(epoch: float) -> set[str]:
-        return {n for n, by in zip(names, plan.frozen_by_at(res, epoch)) if by is None}
+        t = Timeline.of(plan, res)
+        return {n for n, by in zip(names, t.frozen_by(t.step_of(epoch))) if by is None}
 
     head = {"model.norm.weight", "lm_head.weight"}
     layer = lambda i: {n for n in names if n.startswith(f"model.layers.{i}.")}  # noqa: E731

@@ -21,6 +21,7 @@ from paramgroups import Plan, Rule, Stage
 from paramgroups.errors import PlanError
 from paramgroups.scheduler import PlanScheduler
 from paramgroups.schedules import Schedule, cosine_restart_position
+from paramgroups.timeline import Timeline
 
 REL = 1e-12
 
@@ -104,7 +105,8 @@ def test_edge_values_that_keep_every_lr_finite_still_load():
     f = [s.factor(k, base_lr=1.0) for k in range(6)]  # 1 / 1e-320 overflowed to inf, then NaN
     assert f[0] == 1e-320 and f[2] == pytest.approx(1e-160, rel=1e-9) and f[4:] == [1.0, 1.0]
     plan = Plan(lr=0.1, schedule={"main": "cosine", "total": 10, "min_lr": 0.1})
-    assert [plan.factor_at(e) for e in range(12)] == [1.0] * 12  # min_lr == lr: flat, allowed
+    t = Timeline.of(plan)
+    assert [t.factor(t.step_of(e)) for e in range(12)] == [1.0] * 12  # min_lr == lr: flat, allowed
 
 
 def test_group_lr_beyond_float_range_at_the_peak_fails_at_resolve():

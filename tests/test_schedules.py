@@ -13,6 +13,7 @@ from torch.optim import lr_scheduler as L
 from paramgroups import Plan, Rule
 from paramgroups.errors import PlanError
 from paramgroups.schedules import Schedule
+from paramgroups.timeline import Timeline
 
 REL = 1e-12
 
@@ -280,7 +281,8 @@ def test_gradual_warmup_scheduler_as_a_plan():
     expected = gradual_warmup_lrs(0.01, 1, 5, 20, 3, 0.5)
     plan = Plan(lr=0.01, schedule=Schedule("multistep", milestones=[9, 12, 15, 18], gamma=0.5,
                                            warmup=5, warmup_start=0.0))
-    assert [plan.factor_at(e) * 0.01 for e in range(20)] == pytest.approx(expected, rel=REL)
+    t = Timeline.of(plan)
+    assert [t.factor(t.step_of(e)) * 0.01 for e in range(20)] == pytest.approx(expected, rel=REL)
     assert expected[8:10] == pytest.approx([0.01, 0.005])  # the first decay: epoch 9, not 8
 
 
@@ -291,7 +293,8 @@ def test_gradual_warmup_with_a_multiplier_falls_back_after_warmup():
     expected = gradual_warmup_lrs(0.01, 10, 5, 20, 3, 0.5)
     plan = Plan(lr=0.1, schedule=Schedule("multistep", milestones=[9, 12, 15, 18], gamma=0.5,
                                           warmup=5, warmup_start=0.1))
-    got = [plan.factor_at(e) * 0.1 for e in range(20)]
+    t = Timeline.of(plan)
+    got = [t.factor(t.step_of(e)) * 0.1 for e in range(20)]
     assert got[:6] == pytest.approx(expected[:6], rel=REL)
     assert got[6:] == pytest.approx([10 * x for x in expected[6:]], rel=REL)
 
@@ -313,13 +316,15 @@ def test_warmup_multifactor_scheduler_as_a_plan(strategy, shape):
     plan = Plan(lr=0.04, schedule=Schedule("multistep", milestones=[10, 15], gamma=0.1, warmup=5,
                                            warmup_lr=0.001, warmup_shape=shape))
     expected = [warmup_multifactor_reference(0.04, 0.1, 5, [10, 15], 0.001, strategy, e) for e in range(20)]
-    assert [plan.factor_at(e) * 0.04 for e in range(20)] == pytest.approx(expected, rel=REL)
+    t = Timeline.of(plan)
+    assert [t.factor(t.step_of(e)) * 0.04 for e in range(20)] == pytest.approx(expected, rel=REL)
 
 
 def test_adjust_learning_rate_loop_as_a_plan():
     # the classic: lr = base * 0.1 ** (epoch // 30)
     plan = Plan(lr=0.1, schedule=Schedule("step", step_size=30))
-    assert [plan.factor_at(e) * 0.1 for e in range(0, 100, 10)] == pytest.approx(
+    t = Timeline.of(plan)
+    assert [t.factor(t.step_of(e)) * 0.1 for e in range(0, 100, 10)] == pytest.approx(
         [0.1 * 0.1 ** (e // 30) for e in range(0, 100, 10)], rel=REL)
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from paramgroups import Plan, Rule, Stage
 from paramgroups.errors import PlanError
 from paramgroups.schedules import DECAY_SHAPES, Schedule
+from paramgroups.timeline import Timeline
 
 import stagenet
 
@@ -93,7 +94,8 @@ def test_wsd_round_trips_through_a_plan_file(tmp_path):
     assert plan.schedule == Schedule("wsd", unit="step", total=20, decay=4, decay_shape="1-sqrt",
                                      min_factor=0.1)
     assert Plan.from_dict(plan.to_dict()) == plan
-    assert plan.factor_at(16) == 1.0 and plan.factor_at(18) == pytest.approx(0.1 + 0.9 * (1 - 0.5 ** 0.5))
+    t = Timeline.of(plan)
+    assert t.factor(t.step_of(16)) == 1.0 and t.factor(t.step_of(18)) == pytest.approx(0.1 + 0.9 * (1 - 0.5 ** 0.5))
 
 
 # -- total left to the trainer ---------------------------------------------------------------
@@ -106,7 +108,7 @@ def test_a_plan_file_may_leave_total_until_an_lr_is_asked_for(tmp_path):
     with pytest.raises(PlanError, match=r"p.yaml:2: schedule: main cosine needs total"):
         plan.scheduler(opt)
     with pytest.raises(PlanError, match=r"p.yaml:2: schedule: main cosine needs total"):
-        plan.factor_at(1)
+        Timeline.of(plan).factor(Timeline.of(plan).step_of(1))
     with pytest.raises(PlanError, match="main cosine needs total"):
         Schedule("cosine")  # built in Python, the error comes at once
 
@@ -256,8 +258,8 @@ def test_lightning_auto_steps_per_epoch_with_max_steps(tmp_path, accumulate):
     # Lightning's stepping batches per epoch: ceil(batches / accumulate)
     assert sched.steps_per_epoch == math.ceil(trainer.num_training_batches / accumulate) == (3, 2)[accumulate - 1]
     assert sched.last_epoch == 5
-    assert sched.get_last_lr()[0] == pytest.approx(0.05 * plan.factor_at(5 / sched.steps_per_epoch,
-                                                                           sched.steps_per_epoch), rel=REL)
+    t = Timeline.of(plan, None, sched.steps_per_epoch)
+    assert sched.get_last_lr()[0] == pytest.approx(0.05 * t.factor(t.step_of(5 / sched.steps_per_epoch)), rel=REL)
 
 
 # -- wrapped optimizers ----------------------------------------------------------------------
@@ -294,7 +296,8 @@ def test_scheduler_for_an_accelerate_prepared_optimizer(accelerator):
         opt.step()
         sched.step()
         opt.zero_grad()
-    assert [row[-1] for row in seen] == pytest.approx([0.05 * plan.factor_at(k) for k in range(4)], rel=REL)
+    t = Timeline.of(plan)
+    assert [row[-1] for row in seen] == pytest.approx([0.05 * t.factor(t.step_of(k)) for k in range(4)], rel=REL)
     assert model.layer2[0].weight.requires_grad and not model.stem[0].weight.requires_grad
 
 
