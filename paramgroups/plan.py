@@ -60,7 +60,9 @@ class Plan:
     top-level options (``momentum=0.9``) are options of ``optimizer`` (checked against it) and
     also apply to every other optimizer that takes them (never an error there); the plan's
     ``weight_decay`` likewise. A rule's option must be taken by the optimizer of every parameter
-    it touches (an error at load for a rule that routes, at resolve otherwise). Names are
+    it touches (an error at load for a rule that routes, at resolve otherwise). The schedule
+    scales every group alike: its absolute LRs (``warmup_lr``, ``min_lr``) are relative to
+    :attr:`base_lr`, the plan's own, for Muon's groups too. Names are
     :func:`paramgroups.optim.optimizer_name`'s: ``"AdamW"`` and ``torch.optim.AdamW`` are
     ``"adamw"``.
     ``_locations`` is where the values were written (:meth:`from_dict` passes a plan file's).

@@ -421,3 +421,19 @@ def test_huggingface_trainer_runs_a_hybrid_plan(tmp_path):
     assert not any(torch.equal(a, m) for a, m in zip(before, matrices))
     assert sched.last_epoch == 3
     assert sorted({g["lr"] for g in opt.param_groups}) == pytest.approx([1.5e-4, 0.01])
+
+
+def test_kinds_matrix_routes_the_hidden_matrices_to_muon():
+    plan = Plan.from_dict({**rw.HYBRID, "rules": [{"kinds": "matrix", "optimizer": "muon"}]})
+    net = rw.model()
+    res = plan.resolve(net)
+    (muon,) = [g for g in res.groups if g.optimizer == "muon"]
+    assert [res.records[i].name for i in muon.indices] == [
+        f"blocks.{i}.{m}.weight" for i in range(2) for m in ("up", "down")]
+    ref = rw.model()
+    opt = Plan.from_dict(rw.HYBRID).optimizer(ref)
+    mine = plan.optimizer(net)
+    assert [len(g["params"]) for g in mine.param_groups] == [len(g["params"]) for g in opt.param_groups]
+    rw.train(net, [mine], 0, 3)
+    rw.train(ref, [opt], 0, 3)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), ref.parameters()))
