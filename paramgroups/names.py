@@ -22,15 +22,17 @@ class NameTable:
     """``covers``: name -> indices of the records it covers (in model order); ``index``: the
     same names, sorted, for pattern lookups; ``size``: the number of records."""
 
-    covers: dict[str, list[int]] = field(repr=False)
+    covers: dict[str, Sequence[int]] = field(repr=False)
     index: NameIndex = field(repr=False)
     size: int
 
     @classmethod
     def of(cls, records: Sequence[ParamRecord]) -> "NameTable":
         """The table of a model's records: parameter names, aliases of tied weights, and every
-        module name above them."""
-        covers = _covers(records)
+        module name above them (found by the inventory's walk, else from the names)."""
+        covers = getattr(records, "covers", None)
+        if covers is None:
+            covers = _covers(records)
         return cls(covers, NameIndex(covers), len(records))
 
     def select(self, patterns: PatternList) -> list[int]:
