@@ -10,6 +10,7 @@ from torch import nn
 from .errors import ReportError
 from .plan import Plan
 from .timeline import Timeline
+from .values import check_count
 
 
 def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,
@@ -20,8 +21,7 @@ def schedule_table(plan: Plan, model: nn.Module | None, epochs: int,
     groups: the one column is the plan's base LR. A plateau schedule is shown without
     reductions (they depend on metrics).
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ReportError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    check_count("epochs", epochs, ReportError)
     timeline = Timeline.of(plan, plan.resolve(model) if model is not None else None, steps_per_epoch)
     rows = [[t, *timeline.lrs(timeline.step_of(t))] for t in schedule_times(plan, epochs, steps_per_epoch)]
     return ["epoch", *(g.name for g in timeline.groups)], rows

@@ -19,6 +19,7 @@ from . import norms
 from .errors import PlanError
 from .schedules import Schedule, check_group_lrs
 from .timeline import GroupState, Timeline, Track
+from .values import check_count
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import Binding
@@ -29,7 +30,7 @@ _EPOCH_REFUSED = ("torch's deprecated scheduler.step(epoch) is not supported: ca
 
 
 # This process's own, derived from the plan: never in state_dict(), never taken from one.
-_NOT_SAVED = ("optimizer", "schedule", "timeline", "_params", "_held_model", "_applied")
+_NOT_SAVED = ("optimizer", "schedule", "timeline", "_params", "_holds", "_applied")
 
 
 class PlanScheduler(LRScheduler):
@@ -43,9 +44,8 @@ class PlanScheduler(LRScheduler):
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, *, base_lr: float,
                  steps_per_epoch: int | None = None, last_epoch: int = -1, binding: "Binding | None" = None):
-        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or
-                                            not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
-            raise PlanError(f"steps_per_epoch must be a whole number >= 1, got {steps_per_epoch!r}")
+        if steps_per_epoch is not None:
+            check_count("steps_per_epoch", steps_per_epoch, PlanError)
         schedule.check_base_lr(base_lr)
         self.timeline = _timeline(optimizer, schedule, base_lr, steps_per_epoch, binding)
         stages = self.timeline.stages
@@ -64,7 +64,8 @@ class PlanScheduler(LRScheduler):
         staged = binding is not None and bool(stages)
         self._params = tuple(tuple(a.record.param for a in g.members)
                              for g in binding.resolution.groups) if staged else ()
-        self._held_model = binding.model if staged and binding.plan.bn == "freeze" else None
+        self._holds = (norms.Holds(binding.model) if staged and binding.plan.bn == "freeze"
+                       else None)  # the norm layers to hold, found once
         self._applied: tuple[bool, ...] | None = None  # the frozen flags last set on the parameters
         super().__init__(optimizer, last_epoch)
 
@@ -93,8 +94,8 @@ class PlanScheduler(LRScheduler):
                 if frozen and param.grad is not None:  # a zeroed gradient still moves it
                     param.grad = None  # (momentum, weight decay) under zero_grad(set_to_none=False)
         self._applied = flags
-        if changed and self._held_model is not None:
-            norms.sync(self._held_model)
+        if changed and self._holds is not None:
+            self._holds.sync()
 
     def _momentum_keys(self, optimizer: torch.optim.Optimizer) -> list[str | None]:
         """Per group, what onecycle cycles: beta1 of a group with ``betas``, the momentum of a
