@@ -115,7 +115,8 @@ class Holds:
         that no longer qualify (others keep the mode the user gave them)."""
         for module, params in self.layers:
             if params and not any(p.requires_grad for p in params):
-                hold(module)
+                if module.training or not is_held(module):  # already held: nothing to do
+                    hold(module)
             elif is_held(module):
                 release(module, self.model.training)
 
