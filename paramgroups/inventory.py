@@ -103,6 +103,11 @@ def _enclosing(outer: frozenset[str], cls: type) -> frozenset[str]:
     return outer | {c.__name__ for c in cls.__mro__ if c not in (object, nn.Module, ABC)}
 
 
+# (wrapper classes, tuner class) -> (module class, classes above it) -> :func:`_class_info`:
+# one table per set of imported wrapper classes, kept across models (it holds classes only)
+_INFO: dict[tuple, dict[tuple[type, frozenset[str]], tuple]] = {}
+
+
 def _class_info(cls: type, outer: frozenset[str], types: dict[type, str], tuner: type | None
                 ) -> tuple[tuple[str, ...], bool, bool, tuple[str, ...], frozenset[str]]:
     """What the walk asks of every module of class ``cls`` below modules of classes ``outer``,
@@ -139,7 +144,7 @@ def inventory(model: nn.Module) -> Inventory:
     no_decay = no_decay_matcher(bare)
     leaves, declared, globs = no_decay.leaves, no_decay.names, bool(no_decay.globs)
     types, tuner = wrapper_types(), loaded(*TUNER_LAYER)
-    info: dict[type, tuple] = {}
+    info = _INFO.setdefault((tuple(types.items()), tuner), {})
     kinds_of: dict[tuple, frozenset[str]] = {}  # (class, leaf, ndim, no-decay name) -> kinds
     adapters: dict[int, frozenset[str]] = {}  # tensor id -> adapter kinds, from the tuner layers above
     records, by_id, covers, tied = Inventory(), {}, {}, []

@@ -38,7 +38,9 @@ class NameTable:
     def select(self, patterns: PatternList) -> list[int]:
         """Indices (sorted) of the records ``patterns`` select: covered by an include pattern
         and by no exclude pattern; a list of only exclusions starts from every record."""
-        if patterns.everything:
+        if patterns.everything or any(p.everything for p in patterns.include):  # ``**``: no lookups
+            if not patterns.exclude:
+                return list(range(self.size))
             chosen = set(range(self.size))
         else:
             chosen = self._covered(patterns.select(self.index))
@@ -48,8 +50,9 @@ class NameTable:
 
     def _covered(self, names: set[str]) -> set[int]:
         found: set[int] = set()
+        update, covers = found.update, self.covers
         for name in names:
-            found.update(self.covers[name])
+            update(covers[name])
         return found
 
     def closest(self, pattern: str, n: int = 3) -> str:

@@ -52,18 +52,23 @@ class NameIndex:
     """
 
     def __init__(self, names: Iterable[str]):
-        self.names = sorted(names)
-        self._known = frozenset(self.names)
+        # a dict (the name table's own ``covers``) is read, not copied; it sorts when asked
+        self._known = names.keys() if isinstance(names, dict) else frozenset(names)
 
     def __contains__(self, name: str) -> bool:
         return name in self._known
+
+    @cached_property
+    def names(self) -> list[str]:
+        """Every name, sorted (for prefix lookups)."""
+        return sorted(self._known)
 
     @cached_property
     def levels(self) -> dict[str, int]:
         """Each name that has numbered children (``model.layers``; ``""`` for the root) and
         their count, the largest index + 1: what a range counting from the end counts in."""
         out: dict[str, int] = {}
-        for name in self.names:
+        for name in self._known:
             parent, _, last = name.rpartition(".")
             if _INDEX.fullmatch(last):
                 out[parent] = max(out.get(parent, 0), int(last) + 1)
@@ -97,9 +102,10 @@ class NameIndex:
 
     @cached_property
     def _leaves(self) -> tuple[list[str], dict[str, list[str]]]:
-        """The distinct last segments (sorted) and the names that end with each."""
+        """The distinct last segments (sorted) and the names that end with each (in the
+        order the table holds them)."""
         by_leaf: dict[str, list[str]] = {}
-        for name in self.names:
+        for name in self._known:
             by_leaf.setdefault(name.rpartition(".")[2], []).append(name)
         return sorted(by_leaf), by_leaf
 
@@ -411,9 +417,9 @@ class PatternList:
         self.exclude: list[Pattern] = []
         for text in patterns:
             if isinstance(text, str) and text.startswith("!"):
-                self.exclude.append(compile_pattern(text[1:]))
+                self.exclude.append(_compiled(text[1:]))
             else:
-                self.include.append(compile_pattern(text))
+                self.include.append(_compiled(text) if isinstance(text, str) else compile_pattern(text))
         self.everything = not self.include
 
     def hits(self, names: Iterable[str], which: str = "include") -> set[str]:
