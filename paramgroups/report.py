@@ -1,8 +1,8 @@
 """The audit: every parameter with its group, optimizer, LR, weight decay, trainable flag and
 rules.
 
-An :class:`Audit` is plain data (``parameters``, ``groups``, ``totals``, ``problems``; with
-several optimizers, ``optimizers``: who steps what). Its text forms (terminal table, Markdown,
+An :class:`Audit` is plain data (``parameters``, ``groups``, ``totals``, ``problems`` and
+``optimizers``: who steps what). Its text forms (terminal table, Markdown,
 CSV) are drawn by :mod:`paramgroups.tables`. The JSON field names are a contract: scripts and
 CI checks read them; later versions add fields, never rename.
 """
@@ -38,14 +38,16 @@ MIXED = "mixed"
 class Audit:
     """The audit of one model against a plan or an optimizer.
 
-    With more than one optimizer (a plan that routes parameters to Muon and AdamW, or a
-    :class:`~paramgroups.composite.CompositeOptimizer`), every parameter and group row has an
-    ``optimizer`` field (the name that steps it; ``None`` for a parameter in no group),
-    ``optimizers`` holds one record per optimizer in stepping order (``name``, ``class``,
-    ``groups``, ``params``, ``numel``, ``trainable``, ``optimizer_state_bytes``,
-    ``implementation``), ``implementation`` is theirs when they agree, else ``"mixed"``, and
-    the tables gain an ``optimizer`` column and a table of the optimizers. An audit of one
-    optimizer has none of these: its rows, JSON and tables are as they always were.
+    Every parameter and group row has an ``optimizer`` field (the name of the optimizer that
+    steps it, ``"adamw"``, ``"muon"``; ``None`` for a parameter in no group) and ``optimizers``
+    holds one record per optimizer in stepping order (``name``, ``class``, ``groups``,
+    ``params``, ``numel``, ``trainable``, ``optimizer_state_bytes``, ``implementation``), so
+    the JSON form has one schema whatever the plan. With more than one optimizer (a
+    plan that routes parameters to Muon and AdamW, or a
+    :class:`~paramgroups.composite.CompositeOptimizer`), ``implementation`` is theirs when they
+    agree, else ``"mixed"``; the table, Markdown and CSV forms then gain an ``optimizer``
+    column and the tables a table of the optimizers (with one optimizer they would only repeat
+    its name, and stay as they always were).
     """
 
     model: str
@@ -56,7 +58,7 @@ class Audit:
     problems: list[str] = field(default_factory=list)
     implementation: str | None = None  # "fused", "foreach" or "for-loop": the step's code path
     lr_at: str = "step 0"  # when ``lr`` is taken; ``base_lr`` is before schedule and stages
-    optimizers: list[dict[str, Any]] = field(default_factory=list)  # only with several
+    optimizers: list[dict[str, Any]] = field(default_factory=list)  # who steps what
 
     @property
     def several_optimizers(self) -> bool:
@@ -64,9 +66,7 @@ class Audit:
 
     def to_dict(self) -> dict[str, Any]:
         out = {"model": self.model, "optimizer": self.optimizer,
-               "implementation": self.implementation, "lr_at": self.lr_at}
-        if self.several_optimizers:
-            out["optimizers"] = self.optimizers
+               "implementation": self.implementation, "lr_at": self.lr_at, "optimizers": self.optimizers}
         return {**out, "parameters": self.parameters, "groups": self.groups, "totals": self.totals,
                 "problems": self.problems}
 
@@ -90,8 +90,8 @@ class Audit:
         return replace(self, parameters=collapse(self.parameters, depth))
 
     def columns(self) -> tuple[str, ...]:
-        """Parameter table columns: ``optimizer`` after ``group`` only with several optimizers,
-        the layer columns only when some parameter has a layer id."""
+        """Parameter table (and CSV) columns: ``optimizer`` after ``group`` only with several
+        optimizers, the layer columns only when some parameter has a layer id."""
         cols = COLUMNS
         if self.several_optimizers:
             at = cols.index("group") + 1
@@ -189,10 +189,10 @@ def audit(model: nn.Module, plan: Plan | None = None,
     several = len(names) > 1
     params = [_param_row(a.record, a.group, a.lr, state[a.group].lr if a.group is not None else a.lr * f,
                          a.weight_decay, not fr, a.rules, a.layer, a.lr_scale, _stats(a.record.owner, held), by,
-                         (a.optimizer if a.group is not None else None) if several else _OMIT)
+                         a.optimizer if a.group is not None else None)
               for a, fr, by in zip(res.assignments, frozen, timeline.frozen_by(step))]
     groups = [_group_row(g.index, g.name, [a.record for a in g.members], g.lr, state[g.index].lr,
-                         g.weight_decay, g.options, g.optimizer if several else _OMIT) for g in res.groups]
+                         g.weight_decay, g.options, g.optimizer) for g in res.groups]
     found = []
     for name in names:  # as plan.build_optimizer builds them
         cls, options = plan.optimizer_class_of(name), plan.optimizer_defaults(name)
@@ -213,14 +213,13 @@ def _finish(model_name: str, optimizer: str, params: list[dict[str, Any]], group
     states = [nbytes for _, _, nbytes, _ in found]
     paths = {path for *_, path in found}
     summary = []
-    if len(found) > 1:
-        for name, cls, nbytes, path in found:
-            mine = [r for r in params if r["optimizer"] == name]
-            summary.append({"name": name, "class": cls.__name__,
-                            "groups": sum(g["optimizer"] == name for g in groups), "params": len(mine),
-                            "numel": sum(r["numel"] for r in mine),
-                            "trainable": sum(r["numel"] for r in mine if r["trainable"]),
-                            "optimizer_state_bytes": nbytes, "implementation": path})
+    for name, cls, nbytes, path in found:
+        mine = [r for r in params if r["optimizer"] == name]
+        summary.append({"name": name, "class": cls.__name__,
+                        "groups": sum(g["optimizer"] == name for g in groups), "params": len(mine),
+                        "numel": sum(r["numel"] for r in mine),
+                        "trainable": sum(r["numel"] for r in mine if r["trainable"]),
+                        "optimizer_state_bytes": nbytes, "implementation": path})
     return Audit(model_name, optimizer, params, groups,
                  _totals(params, None if None in states else sum(states)), problems,
                  paths.pop() if len(paths) == 1 else MIXED, lr_at, summary)
@@ -269,8 +268,7 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
         res = plan.resolve(model, strict=False)
         rules_of = {a.record.index: a.rules for a in res.assignments}
     composite = isinstance(opt, CompositeOptimizer)
-    inner = opt.optimizers if composite else {None: opt}
-    several = len(inner) > 1
+    inner = opt.optimizers if composite else {optim.optimizer_name(type(opt)): opt}
     params, problems = [], []
     # A plan keeps frozen parameters in their groups on purpose (stages thaw them later).
     from_plan = plan is not None or getattr(opt, PLAN_TAG, None) is not None
@@ -284,7 +282,7 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
                                  rules_of.get(rec.index, []), None, g and g.get("lr_scale"),
                                  _live_stats(rec.owner),
                                  None if trainable else "model" if rec.is_float else "dtype",
-                                 (g and g["optimizer"]) if several else _OMIT))
+                                 g and (g["optimizer"] if composite else next(iter(inner)))))
         if len(gis) > 1:
             problems.append(f"{rec.name} is in {len(gis)} param groups ({', '.join(map(str, gis))})")
         elif not gis and trainable:
@@ -299,12 +297,12 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
     by_id = {id(r.param): r for r in records}
     groups, state_input = [], {name: [] for name in inner}
     for gi, g in enumerate(opt.param_groups):
-        name = g["optimizer"] if composite else None
+        name = g["optimizer"] if composite else next(iter(inner))
         recs = [by_id[id(p)] for p in g["params"] if id(p) in by_id]
         options = {k: v for k, v in g.items() if k not in ("params", "name", "lr", "weight_decay", "optimizer")
                    and inner[name].defaults.get(k, _MISSING) != v}
         groups.append(_group_row(gi, g.get("name", f"group {gi}"), recs, g.get("initial_lr", g.get("lr")),
-                                 g.get("lr"), g.get("weight_decay"), options, name if several else _OMIT))
+                                 g.get("lr"), g.get("weight_decay"), options, name))
         state_input[name].append(([r for r in recs if r.param.requires_grad], dict(g)))
     found = []
     for name, o in inner.items():
@@ -316,7 +314,6 @@ def _audit_optimizer(model: nn.Module, opt: torch.optim.Optimizer, plan: Plan | 
 
 
 _MISSING = object()
-_OMIT = object()  # an audit of one optimizer: rows have no "optimizer" field
 
 
 def _live_stats(owner: nn.Module) -> str | None:
@@ -327,17 +324,18 @@ def _live_stats(owner: nn.Module) -> str | None:
 
 
 def _param_row(rec, group, base_lr, lr, wd, trainable, rules, layer, lr_scale, stats, frozen_by,
-               optimizer=_OMIT) -> dict[str, Any]:
+               optimizer) -> dict[str, Any]:
     return {"name": rec.name, "aliases": list(rec.aliases), "shape": list(rec.shape),
             "numel": rec.numel, "dtype": str(rec.dtype).replace("torch.", ""),
             "module": rec.module_class, "kinds": sorted(rec.kinds), "group": group,
-            **({} if optimizer is _OMIT else {"optimizer": optimizer}), "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd), "trainable": bool(trainable),
+            "optimizer": optimizer, "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd),
+            "trainable": bool(trainable),
             "frozen_by": frozen_by, "rules": list(rules), "layer": layer,
             "lr_scale": _num(lr_scale), "stats": stats}
 
 
-def _group_row(index, name, recs, base_lr, lr, wd, options, optimizer=_OMIT) -> dict[str, Any]:
-    return {"index": index, "name": name, **({} if optimizer is _OMIT else {"optimizer": optimizer}),
+def _group_row(index, name, recs, base_lr, lr, wd, options, optimizer) -> dict[str, Any]:
+    return {"index": index, "name": name, "optimizer": optimizer,
             "params": len(recs),
             "numel": sum(r.numel for r in recs), "base_lr": _num(base_lr), "lr": _num(lr), "weight_decay": _num(wd),
             "options": {k: _jsonable(v) for k, v in options.items()}}

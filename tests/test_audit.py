@@ -13,7 +13,7 @@ from paramgroups import Plan, Rule, audit
 from paramgroups.errors import ParamgroupsError, ReportError
 from paramgroups.lr_table import schedule_table
 
-JSON_PARAM_KEYS = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "base_lr", "lr",
+JSON_PARAM_KEYS = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "optimizer", "base_lr", "lr",
                    "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
 
 
@@ -26,7 +26,7 @@ def test_plan_audit_rows_groups_totals(toy):
     assert rows["head.bias"] == {
         "name": "head.bias", "aliases": [], "shape": [10], "numel": 10, "dtype": "float32",
         "module": "Linear", "kinds": ["bias", "head", "ndim<=1"], "group": rows["head.bias"]["group"],
-        "base_lr": 0.1, "lr": 0.1, "weight_decay": 0.0, "trainable": True, "frozen_by": None, "rules": [1, 2],
+        "optimizer": "adamw", "base_lr": 0.1, "lr": 0.1, "weight_decay": 0.0, "trainable": True, "frozen_by": None, "rules": [1, 2],
         "layer": None, "lr_scale": 1.0, "stats": None}
     assert rows["stem.conv.weight"]["trainable"] is False and rows["stem.conv.weight"]["rules"] == [0]
     assert rows["stem.conv.weight"]["frozen_by"] == "rule 0"
@@ -46,8 +46,12 @@ def test_json_contract(toy):
     data = json.loads(audit(toy, Plan(lr=0.1)).to_json())
     assert set(data) >= {"model", "optimizer", "parameters", "groups", "totals"}
     assert all(set(r) == JSON_PARAM_KEYS for r in data["parameters"])
-    assert set(data["groups"][0]) == {"index", "name", "params", "numel", "base_lr", "lr", "weight_decay",
-                                      "options"}
+    assert set(data["groups"][0]) == {"index", "name", "optimizer", "params", "numel", "base_lr", "lr",
+                                      "weight_decay", "options"}
+    assert data["optimizers"] == [{"name": "sgd", "class": "SGD", "groups": 1, "params": 19,
+                                   "numel": data["totals"]["numel"], "trainable": data["totals"]["numel"],
+                                   "optimizer_state_bytes": 0, "implementation": data["implementation"]}]
+    assert {r["optimizer"] for r in data["parameters"]} == {g["optimizer"] for g in data["groups"]} == {"sgd"}
     assert set(data["totals"]) == {"params", "numel", "trainable", "frozen", "optimizer_state_bytes"}
 
 

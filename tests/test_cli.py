@@ -23,11 +23,11 @@ from paramgroups import audit
 from conftest import audit_json, one_line_error, run_cli as run
 
 RESNET18_NUMEL = 11_689_512
-JSON_TOP = {"model", "optimizer", "implementation", "lr_at", "parameters", "groups", "totals",
-            "problems"}
-JSON_PARAM = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "base_lr", "lr",
+JSON_TOP = {"model", "optimizer", "implementation", "lr_at", "optimizers", "parameters", "groups",
+            "totals", "problems"}
+JSON_PARAM = {"name", "aliases", "shape", "numel", "dtype", "module", "kinds", "group", "optimizer", "base_lr", "lr",
               "weight_decay", "trainable", "frozen_by", "rules", "layer", "lr_scale", "stats"}
-JSON_GROUP = {"index", "name", "params", "numel", "base_lr", "lr", "weight_decay", "options"}
+JSON_GROUP = {"index", "name", "optimizer", "params", "numel", "base_lr", "lr", "weight_decay", "options"}
 JSON_TOTALS = {"params", "numel", "trainable", "frozen", "optimizer_state_bytes"}
 CSV_HEADER = "name,shape,numel,module,group,base_lr,lr,weight_decay,trainable,rules"
 
