@@ -148,17 +148,21 @@ def inventory(model: nn.Module) -> Inventory:
     kinds_of: dict[tuple, frozenset[str]] = {}  # (class, leaf, ndim, no-decay name) -> kinds
     adapters: dict[int, frozenset[str]] = {}  # tensor id -> adapter kinds, from the tuner layers above
     records, by_id, covers, tied = Inventory(), {}, {}, []
-    last_linear = None
+    last_linear = last_matrix = None
     # one walk, as torch's named_parameters(remove_duplicate=False) walks (modules in
     # named_modules order, each module's own parameters in registration order), by an explicit
     # stack of (module, canonical name, classes above it, whether a wrapper wraps it); an entry
     # (None, name, start) closes a module: the records since ``start`` are its subtree
     stack: list[tuple] = [(model, "", frozenset(), False)]
+    parameter, record, append = nn.Parameter, ParamRecord, records.append
     while stack:
         owner, canon, outer, wrapped = stack.pop()
         if owner is None:
             if canon and len(records) > outer:
                 covers[canon] = _merge(covers.get(canon), range(outer, len(records)))
+            continue
+        params, children = owner._parameters, owner._modules
+        if not params and not children:  # an activation, a dropout: nothing to note
             continue
         cls = type(owner)
         known = info.get((cls, outer))
@@ -171,10 +175,10 @@ def inventory(model: nn.Module) -> Inventory:
             last_linear = owner  # the output layer of a plain model; an adapter's own Linear is none
         prefix = canon + "." if canon else ""
         first = len(records)
-        for leaf, param in owner._parameters.items():
+        for leaf, param in params.items():
             if param is None:
                 continue
-            if leaf == "_flat_param" or (type(param) is not nn.Parameter and type(param).__name__ == "FlatParameter"):
+            if leaf == "_flat_param" or (type(param) is not parameter and type(param).__name__ == "FlatParameter"):
                 raise _flat_parameter(model, param)
             name = prefix + leaf
             pid = id(param)
@@ -192,11 +196,11 @@ def inventory(model: nn.Module) -> Inventory:
                 kinds = kinds_of[cls, leaf, ndim, named] = kind_set(cls, end, min(ndim, 3), named)
             if adapters and pid in adapters:
                 kinds = kinds | adapters[pid]
+            if "matrix" in kinds:
+                last_matrix = owner
             index = len(records)
-            rec = by_id[pid] = ParamRecord(index, name, [], canon, classes, kinds, param, owner, outer)
-            records.append(rec)
+            append(by_id.setdefault(pid, record(index, name, [], canon, classes, kinds, param, owner, outer)))
             covers[name] = (index,) if name not in covers else _merge(covers[name], (index,))
-        children = owner._modules
         if children:
             stack.append((None, canon, first, False))
             attr = next((a for a in attrs if isinstance(children.get(a), nn.Module)), None) if attrs else None
@@ -214,7 +218,7 @@ def inventory(model: nn.Module) -> Inventory:
         while name:
             covers[name] = _merge(covers.get(name), (index,))
             name = name[:max(name.rfind("."), 0)]
-    for layer in output_layers(bare, last_linear):
+    for layer in output_layers(bare, last_linear or last_matrix):
         for param in layer.parameters():
             rec = by_id.get(id(param))
             if rec is not None and id(param) not in adapters:  # a LoRA of the head is an adapter

@@ -14,8 +14,8 @@ A parameter has every kind that applies:
   convolution, not a 3-D fused mixture-of-experts tensor);
 - ``head``: every parameter of the model's output layer (:func:`output_layers`: a transformers
   model's ``get_output_embeddings()``, a timm model's ``get_classifier()``, otherwise the last
-  ``nn.Linear`` in module order). A tied ``lm_head.weight`` is the input embedding's tensor:
-  one record, ``embedding`` and ``head``;
+  ``nn.Linear`` in module order, or without one the last module holding a ``matrix``). A tied
+  ``lm_head.weight`` is the input embedding's tensor: one record, ``embedding`` and ``head``;
 - ``lora_A`` / ``lora_B`` / ``adapter``: the active adapters' parameters of a PEFT model.
 """
 
@@ -151,12 +151,13 @@ def output_layers(model: nn.Module, last_linear: nn.Module | None) -> list[nn.Mo
     - a timm model: ``get_classifier()`` (both heads of a distilled model); a reset head
       (``nn.Identity``, no parameters) is no output layer, not a reason to look elsewhere;
     - any other model: the last ``nn.Linear`` in module order (``fc`` of a torchvision ResNet,
-      ``classifier.6`` of a VGG, ``heads.head`` of a torchvision ViT). A model whose output is
-      a convolution (a fully convolutional network) or anything else has none by this rule:
-      select such a layer by name.
+      ``classifier.6`` of a VGG, ``heads.head`` of a torchvision ViT); a model without one (a
+      module tree rebuilt from a checkpoint has no classes; custom layers) falls back to the
+      last module that holds a ``matrix``. A model whose output is a convolution (a fully
+      convolutional network) has none by this rule: select such a layer by name.
 
-    ``last_linear`` is that last ``nn.Linear``, found by the inventory's walk (a PEFT
-    adapter's own ``lora_A``/``lora_B`` layers do not count; the ``base_layer`` they wrap does).
+    ``last_linear`` is that module, found by the inventory's walk (a PEFT adapter's own
+    ``lora_A``/``lora_B`` layers do not count; the ``base_layer`` they wrap does).
     """
     pretrained = loaded(*_PRETRAINED)
     if pretrained is not None and isinstance(model, pretrained):

@@ -156,3 +156,26 @@ def test_rules_route_matrices_and_heads():
     res = Plan([Rule(kinds="matrix", lr=0.02), Rule(kinds="head", lr=0.001)], lr=0.1).resolve(model)
     assert {a.record.name: a.lr for a in res.assignments} == {
         "0.weight": 0.02, "0.bias": 0.1, "1.weight": 0.1, "1.bias": 0.1, "2.weight": 0.001, "2.bias": 0.001}
+
+
+def test_without_a_linear_the_head_is_the_last_module_holding_a_matrix():
+    class Proj(nn.Module):
+        def __init__(self, n: int, m: int):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(n, m))
+            self.bias = nn.Parameter(torch.zeros(n))
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Proj(4, 4), nn.LayerNorm(4), Proj(2, 4))
+    assert of_kind(model, "head") == ["3.weight", "3.bias"]
+    assert of_kind(model, "matrix") == ["1.weight"]
+    assert of_kind(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 1)), "head") == []  # fully convolutional
+
+
+def test_a_module_rebuilt_from_a_checkpoint_has_the_models_head(resnet18_meta):
+    from paramgroups.models import module_from_shapes
+
+    shapes = {k: (tuple(v.shape), v.dtype) for k, v in resnet18_meta.state_dict().items()}
+    for order in (list(shapes), sorted(shapes)):  # safetensors keeps its keys sorted
+        rebuilt = module_from_shapes({k: shapes[k] for k in order}, "resnet18.pt")
+        assert sorted(of_kind(rebuilt, "head")) == ["fc.bias", "fc.weight"]
+        assert of_kind(rebuilt, "matrix") == []
