@@ -120,7 +120,7 @@ def _class_info(cls: type, outer: frozenset[str], types: dict[type, str], tuner:
 
 
 def _merge(a: Sequence[int] | None, b: Sequence[int]) -> Sequence[int]:
-    """The indices of ``a`` and ``b`` (a wrapper and the module it wraps share one name)."""
+    """The indices of ``a`` and ``b`` under one name (a wrapper and the module it wraps)."""
     if a is None:
         return b
     if isinstance(a, range) and isinstance(b, range) and a.start <= b.stop and b.start <= a.stop:
@@ -159,7 +159,9 @@ def inventory(model: nn.Module) -> Inventory:
         owner, canon, outer, wrapped = stack.pop()
         if owner is None:
             if canon and len(records) > outer:
-                covers[canon] = _merge(covers.get(canon), range(outer, len(records)))
+                known = covers.get(canon)  # set already when a wrapper and the module it wraps share it
+                covers[canon] = range(outer, len(records)) if known is None else _merge(
+                    known, range(outer, len(records)))
             continue
         params, children = owner._parameters, owner._modules
         if not params and not children:  # an activation, a dropout: nothing to note
@@ -211,7 +213,8 @@ def inventory(model: nn.Module) -> Inventory:
                 stack.extend([(child, canon, outer, True) if key == attr else (child, prefix + key, outer, False)
                               for key, child in reversed(children.items()) if child is not None])
         elif canon and len(records) > first:
-            covers[canon] = _merge(covers.get(canon), range(first, len(records)))
+            known = covers.get(canon)
+            covers[canon] = range(first, len(records)) if known is None else _merge(known, range(first, len(records)))
     if not records:
         raise ModelError(f"the model ({type(model).__name__}) has no parameters")
     for name, index in tied:  # an alias is covered by its own name and every module above it

@@ -106,7 +106,7 @@ class NameIndex:
         order the table holds them)."""
         by_leaf: dict[str, list[str]] = {}
         for name in self._known:
-            by_leaf.setdefault(name.rpartition(".")[2], []).append(name)
+            by_leaf.setdefault(name[name.rfind(".") + 1:], []).append(name)
         return sorted(by_leaf), by_leaf
 
 
