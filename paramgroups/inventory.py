@@ -20,7 +20,7 @@ from torch import nn
 
 from .errors import ModelError
 from .kinds import (KINDS, adapter_kinds, as_head, class_names, is_norm, is_timm_model, kind_set,
-                    no_decay_matcher, output_layers)
+                    no_decay_matcher, output_parameters)
 from .wrappers import (TUNER_LAYER, canonical_name, loaded, saved_ddp_prefixes, strip_wrappers, unwrap,
                        wrapped_children, wrapper_types)
 
@@ -198,7 +198,7 @@ def inventory(model: nn.Module) -> Inventory:
                 kinds = kinds_of[cls, leaf, ndim, named] = kind_set(cls, end, min(ndim, 3), named)
             if adapters and pid in adapters:
                 kinds = kinds | adapters[pid]
-            if "matrix" in kinds:
+            if canon and "matrix" in kinds:
                 last_matrix = owner
             index = len(records)
             append(by_id.setdefault(pid, record(index, name, [], canon, classes, kinds, param, owner, outer)))
@@ -221,10 +221,9 @@ def inventory(model: nn.Module) -> Inventory:
         while name:
             covers[name] = _merge(covers.get(name), (index,))
             name = name[:max(name.rfind("."), 0)]
-    for layer in output_layers(bare, last_linear or last_matrix):
-        for param in layer.parameters():
-            rec = by_id.get(id(param))
-            if rec is not None and id(param) not in adapters:  # a LoRA of the head is an adapter
-                rec.kinds = as_head(rec.kinds)
+    for param in output_parameters(bare, last_linear, last_matrix):
+        rec = by_id.get(id(param))
+        if rec is not None and id(param) not in adapters:  # a LoRA of the head is an adapter
+            rec.kinds = as_head(rec.kinds)
     records.covers = covers
     return records

@@ -12,7 +12,7 @@ A parameter has every kind that applies:
 - ``matrix``: a 2-D ``weight`` that is not a ``norm``, an ``embedding`` or a ``head``: what
   Muon takes (linear layers, ``nn.MultiheadAttention``'s ``in_proj_weight``; not a 4-D
   convolution, not a 3-D fused mixture-of-experts tensor);
-- ``head``: every parameter of the model's output layer (:func:`output_layers`: a transformers
+- ``head``: every parameter of the model's output layer (:func:`output_parameters`: a transformers
   model's ``get_output_embeddings()``, a timm model's ``get_classifier()``, otherwise the last
   ``nn.Linear`` in module order, or without one the last module holding a ``matrix``). A tied
   ``lm_head.weight`` is the input embedding's tensor: one record, ``embedding`` and ``head``;
@@ -141,36 +141,39 @@ def as_head(kinds: frozenset[str]) -> frozenset[str]:
     return kinds - {"matrix"} | {"head"}
 
 
-def output_layers(model: nn.Module, last_linear: nn.Module | None) -> list[nn.Module]:
-    """The output layer of ``model`` (already unwrapped) as a list (empty: none); its
-    parameters are of kind ``head``.
+def output_parameters(model: nn.Module, last_linear: nn.Module | None,
+                      last_matrix: nn.Module | None) -> list[nn.Parameter]:
+    """The parameters of the output layer of ``model`` (already unwrapped): the kind ``head``.
 
     - a transformers model: ``get_output_embeddings()`` (``lm_head``); when it has none, a base
       model (``model.base_model is model``: ``LlamaModel``, ``BertModel``) has no output layer,
       and a task model (``BertForSequenceClassification``) falls back to the last ``nn.Linear``;
     - a timm model: ``get_classifier()`` (both heads of a distilled model); a reset head
       (``nn.Identity``, no parameters) is no output layer, not a reason to look elsewhere;
-    - any other model: the last ``nn.Linear`` in module order (``fc`` of a torchvision ResNet,
-      ``classifier.6`` of a VGG, ``heads.head`` of a torchvision ViT); a model without one (a
-      module tree rebuilt from a checkpoint has no classes; custom layers) falls back to the
-      last module that holds a ``matrix``. A model whose output is a convolution (a fully
-      convolutional network) has none by this rule: select such a layer by name.
+    - any other model: the last ``nn.Linear`` in module order, ``last_linear`` (``fc`` of a
+      torchvision ResNet, ``classifier.6`` of a VGG, ``heads.head`` of a torchvision ViT); a
+      model without one (a module tree rebuilt from a checkpoint has no classes; custom layers)
+      falls back to the own parameters of ``last_matrix``, the last module below the root that
+      holds a ``matrix``. A model whose output is a convolution (a fully convolutional
+      network) has none by this rule: select such a layer by name.
 
-    ``last_linear`` is that module, found by the inventory's walk (a PEFT adapter's own
-    ``lora_A``/``lora_B`` layers do not count; the ``base_layer`` they wrap does).
+    The inventory's walk finds ``last_linear`` (a PEFT adapter's own ``lora_A``/``lora_B``
+    layers do not count; the ``base_layer`` they wrap does) and ``last_matrix``.
     """
     pretrained = loaded(*_PRETRAINED)
     if pretrained is not None and isinstance(model, pretrained):
         found = _call(model, "get_output_embeddings")
         if isinstance(found, nn.Module):
-            return [found]
+            return list(found.parameters())
         if model.base_model is model:
             return []
     elif is_timm_model(model) and callable(getattr(model, "get_classifier", None)):
         found = _call(model, "get_classifier")
         found = found if isinstance(found, (tuple, list)) else [found]
-        return [m for m in found if isinstance(m, nn.Module) and next(m.parameters(), None) is not None]
-    return [] if last_linear is None else [last_linear]
+        return [p for m in found if isinstance(m, nn.Module) for p in m.parameters()]
+    if last_linear is not None:
+        return list(last_linear.parameters())
+    return [] if last_matrix is None else [p for p in last_matrix._parameters.values() if p is not None]
 
 
 def _call(model: nn.Module, method: str) -> object:

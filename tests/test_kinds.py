@@ -179,3 +179,15 @@ def test_a_module_rebuilt_from_a_checkpoint_has_the_models_head(resnet18_meta):
         rebuilt = module_from_shapes({k: shapes[k] for k in order}, "resnet18.pt")
         assert sorted(of_kind(rebuilt, "head")) == ["fc.bias", "fc.weight"]
         assert of_kind(rebuilt, "matrix") == []
+
+
+def test_a_root_holding_matrices_is_no_head():
+    class Cell(nn.Module):  # a recurrent cell: its matrices are hidden weights
+        def __init__(self):
+            super().__init__()
+            self.weight_ih = nn.Parameter(torch.zeros(8, 2))
+            self.weight_hh = nn.Parameter(torch.zeros(8, 2))
+            self.ln = nn.LayerNorm(8)
+
+    assert of_kind(Cell(), "head") == []
+    assert of_kind(Cell(), "matrix") == ["weight_ih", "weight_hh"]
