@@ -33,11 +33,14 @@ class ParamRecord:
     """Everything paramgroups knows about one parameter, independent of any plan.
 
     ``module_classes`` are the owning module's class and its nn.Module bases; ``enclosing``
-    the class names (bases and mixins too) of the owner and every module above it. ``shape``,
-    ``numel``, ``dtype`` and ``device`` are read from the parameter when asked for.
+    the class names (bases and mixins too) of the owner and every module above it; ``is_float``
+    whether it can be optimized (floating point or complex, read once: resolution asks it of
+    every record). ``shape``, ``numel``, ``dtype`` and ``device`` are read from the parameter
+    when asked for.
     """
 
-    __slots__ = ("index", "name", "aliases", "module", "module_classes", "kinds", "param", "owner", "enclosing")
+    __slots__ = ("index", "name", "aliases", "module", "module_classes", "kinds", "param", "owner", "enclosing",
+                 "is_float")
 
     def __init__(self, index: int, name: str, aliases: list[str], module: str, module_classes: tuple[str, ...],
                  kinds: frozenset[str], param: nn.Parameter, owner: nn.Module,
@@ -51,6 +54,8 @@ class ParamRecord:
         self.param = param
         self.owner = owner
         self.enclosing = enclosing
+        dtype = param.dtype
+        self.is_float = dtype.is_floating_point or dtype.is_complex  # only these can be optimized
 
     @property
     def module_class(self) -> str:
@@ -71,12 +76,6 @@ class ParamRecord:
     @property
     def device(self) -> torch.device:
         return self.param.device
-
-    @property
-    def is_float(self) -> bool:
-        """Only floating-point (and complex) parameters can be optimized."""
-        dtype = self.param.dtype
-        return dtype.is_floating_point or dtype.is_complex
 
     @property
     def names(self) -> list[str]:
