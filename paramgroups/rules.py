@@ -39,8 +39,11 @@ class Rule:
 
     ``match`` is a pattern or a list of patterns (see DESIGN.md); ``modules`` filters by the
     owning module's class name (globs, base classes count); ``kinds`` by kind (``weight``,
-    ``bias``, ``norm``, ``embedding``, ``ndim<=1``, and for PEFT models the active adapter's
-    ``lora_A``, ``lora_B`` and ``adapter`` (any PEFT method's); any of them); ``within`` by the
+    ``bias``, ``norm``, ``embedding``, ``ndim<=1``, ``matrix`` (a 2-D weight that is not a
+    norm, embedding or head: what Muon takes), ``head`` (the output layer:
+    ``get_output_embeddings()``, timm's ``get_classifier()``, else the last ``nn.Linear``), and
+    for PEFT models the active adapter's ``lora_A``, ``lora_B`` and ``adapter``; see
+    :mod:`paramgroups.kinds`; any of them); ``within`` by the
     class of any module above the parameter, its owner included (globs, base classes and mixins
     count: ``LlamaAttention``, ``*DecoderLayer``, ``LoraLayer``). Settings left ``None`` are
     not touched by this rule. ``optimizer`` routes the parameters to another optimizer than the
