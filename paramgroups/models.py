@@ -413,18 +413,21 @@ def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool 
     it has no classes. So ``modules`` cannot be decided, nor ``kinds: embedding`` for a 2-d
     weight alone in its layer (nn.Embedding, or nn.Linear without bias), nor ``kinds: norm``
     (or ``norm_trainable``) for a layer without statistics whose parameters are all 1-d
-    (LayerNorm, RMSNorm, or some scale). Resolved on the checkpoint, such a rule would quietly
+    (LayerNorm, RMSNorm, or some scale), nor ``kinds: head`` or ``matrix`` for a 2-d weight or
+    a bias (which layer is the output layer is a guess on a checkpoint: the last one holding a
+    matrix, and safetensors sorts its keys). Resolved on the checkpoint, such a rule would quietly
     give those parameters other values than on the model. ``freezing_only`` looks only at what
     decides frozen state (rules that set ``freeze``, ``norm_trainable``) and at rules that
     would match nothing on the checkpoint, as ``diff`` needs.
     """
     from .inventory import inventory
-    from .rules import Rule, name_table
+    from .names import NameTable
+    from .patterns import PatternList
 
     if not isinstance(model, CheckpointModule):
         return []
     records = inventory(model)
-    covers, index = name_table(records)
+    table = NameTable.of(records)
     out = []
     rules = plan.all_rules
     texts = plan.rule_texts(rules)
@@ -432,10 +435,10 @@ def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool 
         if rule.modules is None and rule.within is None and rule.kinds is None:
             continue
         if freezing_only and rule.freeze is None and (
-                rule.optional or rule.select(records, covers, index)):
+                rule.optional or rule.select(records, table)):
             continue  # sets no frozen state, and selects something (else: "matches no parameter")
         doubt = next(filter(None, (_doubt(rule, records[k]) for k in
-                                   Rule(rule.match).select(records, covers, index))), None)
+                                   table.select(PatternList(rule.match)))), None)
         if doubt is not None:
             where = rule.where(i) if i < len(plan.rules) else texts[i][0]  # loraplus, no_decay
             by = " and ".join(f"{f} {getattr(rule, f)!r}" for f in ("modules", "within", "kinds")
@@ -451,18 +454,26 @@ def checkpoint_blind_spots(plan: Plan, model: nn.Module, *, freezing_only: bool 
 
 def _doubt(rule: Rule, rec: ParamRecord) -> str | None:
     """What the checkpoint cannot tell about whether ``rule`` selects ``rec`` (None: it can)."""
-    if rule.kinds is not None and not rec.kinds.intersection(rule.kinds):
+    if rule.kinds is not None:
+        hit = rec.kinds.intersection(rule.kinds)
         maybe = _possible_kinds(rec).intersection(rule.kinds)
-        if not maybe:
+        if not hit and not maybe:
             return None  # certainly not selected
-        if rule.modules is None and rule.within is None:
-            kind = "an embedding" if "embedding" in maybe else "a norm parameter"
-            return f"is {rec.name!r} {kind}?"
+        guessed = hit and hit <= _GUESSED  # selected only by the checkpoint's guess of the head
+        if (maybe and not hit) or guessed:
+            if rule.modules is None and rule.within is None:
+                kind = next(_KIND_TEXT[k] for k in _KIND_TEXT if k in (maybe or hit))
+                return f"is {rec.name!r} {kind}?"
     if rule.modules is not None:
         return f"the class of the layer holding {rec.name!r}"
     if rule.within is not None:
         return f"the classes of the layers above {rec.name!r}"
     return None
+
+
+_GUESSED = frozenset({"head", "matrix"})  # kinds a checkpoint gives by guessing the output layer
+_KIND_TEXT = {"embedding": "an embedding", "norm": "a norm parameter",
+              "head": "part of the output layer", "matrix": "a hidden matrix (not the output layer)"}
 
 
 def _possible_kinds(rec: ParamRecord) -> set[str]:
@@ -472,6 +483,10 @@ def _possible_kinds(rec: ParamRecord) -> set[str]:
     out = set()
     if leaf == "weight" and len(rec.shape) == 2 and len(params) == 1:
         out.add("embedding")
+    if leaf == "weight" and len(rec.shape) == 2:
+        out.update(("head", "matrix"))
+    if leaf == "bias" and len(rec.shape) == 1:
+        out.add("head")
     if (not isinstance(rec.owner, CheckpointBatchNorm) and leaf in ("weight", "bias")
             and all(p.ndim <= 1 for p in params.values())):
         out.add("norm")

@@ -231,6 +231,10 @@ def _plan(tmp_path, text: str, name: str = "plan.yaml"):
      "rule 0: selects by kinds ['embedding'], which a checkpoint cannot tell (is 'emb.weight' an embedding?)"),
     ("rules:\n  - match: proj\n  - kinds: norm\n    lr: 0.5\n",
      "rule 1: selects by kinds ['norm'], which a checkpoint cannot tell (is 'norm.weight' a norm parameter?)"),
+    ("rules:\n  - kinds: matrix\n    optimizer: muon\n", "rule 0: selects by kinds ['matrix'], which a "
+     "checkpoint cannot tell (is 'emb.weight' a hidden matrix (not the output layer)?)"),
+    ("rules:\n  - kinds: head\n    lr: 0.5\n",
+     "rule 0: selects by kinds ['head'], which a checkpoint cannot tell (is 'emb.weight' part of the output layer?)"),
     ("rules:\n  - modules: Linear\n    lr: 0.5\n",
      "rule 0: selects by modules ['Linear'], which a checkpoint cannot tell (the class of the layer "
      "holding 'emb.weight')"),
