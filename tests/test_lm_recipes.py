@@ -146,7 +146,7 @@ def test_fused_moe_experts_are_weights() -> None:
     assert recs["model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 64, 16)
     for name in ("model.layers.0.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj"):
         assert recs[name].kinds == frozenset({"weight"}), name
-    assert recs["model.layers.0.mlp.gate.weight"].kinds == frozenset({"weight"})  # the router
+    assert recs["model.layers.0.mlp.gate.weight"].kinds == frozenset({"weight", "matrix"})  # the router
     assert recs["model.layers.0.mlp.gate.weight"].module_class == "MixtralTopKRouter"
     assert recs["model.embed_tokens.weight"].kinds == frozenset({"weight", "embedding"})
     assert recs["model.norm.weight"].kinds == frozenset({"weight", "norm", "ndim<=1"})

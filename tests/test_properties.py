@@ -199,6 +199,7 @@ class RefParam:
     name: str
     aliases: list[str]
     owner: nn.Module
+    head: bool = False  # a parameter of the model's last nn.Linear: its output layer
 
     @property
     def names(self) -> list[str]:
@@ -233,6 +234,10 @@ class RefParam:
             kinds.add("ndim<=1")
         if self.param.ndim >= 2 and leaf != "bias" and not kinds & {"norm", "embedding"}:
             kinds.add("weight")  # a matrix (or more) of a plain module is a weight whatever its name
+        if self.head:
+            kinds.add("head")
+        elif self.param.ndim == 2 and "weight" in kinds and not kinds & {"norm", "embedding"}:
+            kinds.add("matrix")
         return kinds
 
     def classes(self) -> list[str]:
@@ -254,6 +259,10 @@ def ref_inventory(model: nn.Module) -> list[RefParam]:
         rec = RefParam(p, name, [], modules[name.rpartition(".")[0]])
         by_id[id(p)] = rec
         out.append(rec)
+    linears = [m for n, m in modules.items() if n and isinstance(m, nn.Linear)]
+    if linears:  # the output layer: the last nn.Linear in module order (shared ones where last seen)
+        for p in linears[-1].parameters():
+            by_id[id(p)].head = True
     return out
 
 
