@@ -265,14 +265,21 @@ def unroutable(cls: type, record: Any) -> str | None:
     return None
 
 
+@lru_cache(maxsize=None)
+def refuses_dense(cls: type) -> bool:
+    """Whether ``cls`` may refuse a parameter that has no sparse gradients: torch's Muon and
+    SparseAdam (and their subclasses). Any other class refuses at most the weight of an
+    ``nn.Embedding``/``EmbeddingBag`` (:func:`unroutable`)."""
+    return _torch_base(cls) in ("Muon", "SparseAdam")
+
+
 def first_unroutable(cls: type, records: Any) -> tuple[int, str] | None:
     """The position of the first of ``records`` that ``cls`` cannot step, with
-    :func:`unroutable`'s reason, or None. Only the records that can be refused are asked: all of them for Muon and SparseAdam,
-    the weights of embeddings (sparse gradients) for the others."""
-    base = _torch_base(cls)
-    if base is None:
+    :func:`unroutable`'s reason, or None. Only the records that can be refused are asked: all
+    of them for Muon and SparseAdam, the weights of embeddings (sparse gradients) for the others."""
+    if _torch_base(cls) is None:
         return None
-    every = base in ("Muon", "SparseAdam")
+    every = refuses_dense(cls)
     for i, record in enumerate(records):
         if every or isinstance(record.owner, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
             why = unroutable(cls, record)

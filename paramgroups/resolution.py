@@ -184,7 +184,7 @@ def resolve(plan: Plan, model: nn.Module, *, strict: bool = True) -> Resolution:
                          tuple(members[g]), columns)
                    for g, (i, name) in enumerate(zip(first, unique(names))))
     _check(plan, records, done.touched, groups)
-    routing.check(plan, rules, records, done.touched, groups)
+    routing.check(plan, rules, records, done.touched, groups, group_of)
     return Resolution(records, groups, done.unmatched, [str(e) for e in (*done.errors, *done.conflicts)],
                       done.conflicts, table, columns, optimizers)
 

@@ -22,8 +22,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def check(plan: Plan, rules: Sequence[Rule], records: Sequence[ParamRecord],
-          touched: Sequence[tuple[int, ...]], groups: Sequence[Group]) -> None:
-    """Every group's optimizer takes its options and every parameter in it."""
+          touched: Sequence[tuple[int, ...]], groups: Sequence[Group],
+          group_of: Sequence[int | None]) -> None:
+    """Every group's optimizer takes its options and every parameter in it.
+
+    Only Muon and SparseAdam (:func:`optim.refuses_dense`) are asked about every parameter of
+    their groups; any other optimizer can refuse only the weight of an embedding (sparse
+    gradients), so it is asked only about its records of kind ``embedding`` (``group_of``:
+    each record's group), found in one pass when first needed."""
+    embeddings: dict[int | None, list[int]] | None = None
     for g in groups:
         cls = plan.optimizer_class_of(g.optimizer)
         first = g.indices[0]
@@ -35,10 +42,19 @@ def check(plan: Plan, rules: Sequence[Rule], records: Sequence[ParamRecord],
                     f"not take {key!r}, set by this rule: narrow the rule to parameters of "
                     f"optimizers that take it, or give it under optimizers: in the entry of the "
                     f"optimizer it is for", where=_where(plan, rules, j, key))
-        refused = optim.first_unroutable(cls, [records[i] for i in g.indices])
+        if optim.refuses_dense(cls):
+            asked: Sequence[int] = g.indices
+        else:
+            if embeddings is None:
+                embeddings = {}
+                for i, rec in enumerate(records):
+                    if "embedding" in rec.kinds:  # every nn.Embedding's parameter is of this kind
+                        embeddings.setdefault(group_of[i], []).append(i)
+            asked = embeddings.get(g.index, ())
+        refused = optim.first_unroutable(cls, [records[i] for i in asked]) if asked else None
         if refused is not None:
             position, why = refused
-            j = _last(rules, touched[g.indices[position]], lambda r: r.optimizer is not None)
+            j = _last(rules, touched[asked[position]], lambda r: r.optimizer is not None)
             if j is None:
                 raise PlanError(f"{why} (the plan's optimizer {g.optimizer!r} steps every "
                                 f"parameter no rule routes elsewhere)", where=Where(field="optimizer"))
