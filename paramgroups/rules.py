@@ -137,6 +137,18 @@ class Rule:
         chosen = table.select(self.patterns)
         if self.modules is None and self.within is None and self.kinds is None:
             return chosen
+        if self.modules is None and self.within is None:  # by kind only: one test per set of kinds
+            wanted = self.kinds
+            of: dict[frozenset[str], bool] = {}  # records share a handful of kind sets
+            out = []
+            for idx in chosen:
+                kinds = records[idx].kinds
+                ok = of.get(kinds)
+                if ok is None:
+                    ok = of[kinds] = not kinds.isdisjoint(wanted)
+                if ok:
+                    out.append(idx)
+            return out
         out = []
         inside: dict[frozenset[str], bool] = {}  # records share a handful of enclosing sets
         for idx in chosen:
@@ -150,7 +162,7 @@ class Rule:
                     inside[rec.enclosing] = any(fnmatchcase(c, p) for c in rec.enclosing for p in self.within)
                 if not inside[rec.enclosing]:
                     continue
-            if self.kinds is not None and not rec.kinds.intersection(self.kinds):
+            if self.kinds is not None and rec.kinds.isdisjoint(self.kinds):
                 continue
             out.append(idx)
         return out
