@@ -155,19 +155,20 @@ def resolve(plan: Plan, model: nn.Module, *, strict: bool = True) -> Resolution:
         scales = layer_scales(layers, plan.layer_decay)
     rules = plan.all_rules
     done = cascade(records, rules, table, strict=strict)
-    settings = _settings(records, rules, done.touched, plan)
-    rule_frozen, rule_by = _start_states(records, settings)
-    # norm_trainable overrides the plan's own freezing, never the model's (a PEFT base norm)
-    keep = ([plan.norm_trainable and "norm" in rec.kinds and rec.is_float and by != "model"
-             for rec, by in zip(records, rule_by)] if plan.norm_trainable else [False] * len(records))
-    events, frozen = timelines(records, plan.stages, [f and not k for f, k in zip(rule_frozen, keep)],
-                               keep, table)
-    frozen_by = [by if fr == before else _by_stage(fr, ev, plan)
-                 for by, before, fr, ev in zip(rule_by, rule_frozen, frozen, events)]
+    settings, key_of, rule_frozen, rule_by = _start(records, rules, done.touched, plan)
+    if plan.stages or plan.norm_trainable:
+        # norm_trainable overrides the plan's own freezing, never the model's (a PEFT base norm)
+        keep = ([plan.norm_trainable and "norm" in rec.kinds and rec.is_float and by != "model"
+                 for rec, by in zip(records, rule_by)] if plan.norm_trainable else [False] * len(records))
+        events, frozen = timelines(records, plan.stages, [f and not k for f, k in zip(rule_frozen, keep)],
+                                   keep, table)
+        frozen_by = [by if fr == before else _by_stage(fr, ev, plan)
+                     for by, before, fr, ev in zip(rule_by, rule_frozen, frozen, events)]
+    else:  # no stage, nothing kept trainable: the rules' states are the states at step 0
+        events, frozen, frozen_by = [()] * len(records), rule_frozen, rule_by
     group_of, first = number([
-        None if not rec.is_float or (by == "model" and not ev) else (s.key, layer, fr, ev)
-        for rec, s, layer, fr, by, ev in zip(records, settings, layers or [None] * len(records),
-                                             frozen, frozen_by, events)])
+        None if by == "dtype" or (by == "model" and not ev) else (k, layer, fr, ev)
+        for k, layer, fr, by, ev in zip(key_of, layers or [None] * len(records), frozen, frozen_by, events)])
     members: list[list[int]] = [[] for _ in first]
     for i, g in enumerate(group_of):
         if g is not None:
@@ -189,40 +190,38 @@ def resolve(plan: Plan, model: nn.Module, *, strict: bool = True) -> Resolution:
                       done.conflicts, table, columns, optimizers)
 
 
-def _settings(records: Sequence[ParamRecord], rules: Sequence[Rule], touched: Sequence[tuple[int, ...]],
-              plan: Plan) -> list[Settings]:
-    """Each record's :class:`Settings`, computed once per distinct list of rules."""
-    known: dict[tuple[int, ...], Settings] = {}
-    out = []
-    for i, hit in enumerate(touched):
-        s = known.get(hit)
-        if s is None:
-            s = known[hit] = Settings.of(rules, hit, plan)
+def _start(records: Sequence[ParamRecord], rules: Sequence[Rule], touched: Sequence[tuple[int, ...]],
+           plan: Plan) -> tuple[list[Settings], list[int], list[bool], list[str | None]]:
+    """Per record: its :class:`Settings` (computed once per distinct list of rules), the number
+    of its settings' ``key`` (equal keys, equal numbers: what groups compare), and its frozen
+    state before any stage with who decided it: a rule's ``freeze`` if one set it, else the
+    model's own ``requires_grad`` (a plan changes only what it says); parameters that are not
+    floating point never train (``"dtype"``)."""
+    known: dict[tuple[int, ...], tuple[Settings, int, str]] = {}
+    numbers: dict[tuple, int] = {}
+    settings, key_of, frozen, by = [], [], [], []
+    for rec, hit in zip(records, touched):
+        entry = known.get(hit)
+        if entry is None:
+            s = Settings.of(rules, hit, plan)
             if not (math.isfinite(s.lr) and math.isfinite(s.weight_decay)):
-                raise RuleError(f"{records[i].name}: lr {s.lr:g} / weight_decay {s.weight_decay:g} "
+                raise RuleError(f"{rec.name}: lr {s.lr:g} / weight_decay {s.weight_decay:g} "
                                 f"overflow (rules {list(hit)} multiply to infinity): use smaller values")
-        out.append(s)
-    return out
-
-
-def _start_states(records: Sequence[ParamRecord], settings: Sequence[Settings]
-                  ) -> tuple[list[bool], list[str | None]]:
-    """(frozen, who decided) of each record before any stage: a rule's ``freeze`` if one set
-    it, else the model's own ``requires_grad`` (a plan changes only what it says); parameters
-    that are not floating point never train."""
-    frozen, by = [], []
-    for rec, s in zip(records, settings):
+            entry = known[hit] = (s, numbers.setdefault(s.key, len(numbers)), f"rule {s.freezer}")
+        s = entry[0]
+        settings.append(s)
+        key_of.append(entry[1])
         if not rec.is_float:
             frozen.append(True)
             by.append("dtype")
         elif s.freeze is not None:
             frozen.append(s.freeze)
-            by.append(f"rule {s.freezer}")
+            by.append(entry[2])
         else:
             off = not rec.param.requires_grad
             frozen.append(off)
             by.append("model" if off else None)
-    return frozen, by
+    return settings, key_of, frozen, by
 
 
 def _by_stage(frozen: bool, events: tuple[Event, ...], plan: Plan) -> str | None:
