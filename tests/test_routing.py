@@ -45,6 +45,7 @@ def split(net: rw.TinyTransformer) -> tuple[list, list, list]:
 # -- the update ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 2 s on a loaded 2-core machine (torch's Muon step on the CPU)
 def test_muon_and_adamw_twenty_steps_equal_the_optimizers_built_by_hand():
     net, ref = rw.model(), rw.model()
     opt = Plan.from_dict(rw.HYBRID).optimizer(net)
@@ -70,6 +71,7 @@ def test_muon_and_adamw_twenty_steps_equal_the_optimizers_built_by_hand():
     assert_same(net, opt, ref, hand)
 
 
+@pytest.mark.slow  # over 2 s on a loaded 2-core machine (torch's Muon step on the CPU)
 def test_sparseadam_and_adamw_twenty_steps_equal_the_optimizers_built_by_hand():
     net, ref = rw.model(sparse=True), rw.model(sparse=True)
     opt = Plan.from_dict(rw.SPARSE).optimizer(net)
@@ -290,6 +292,7 @@ def test_weight_decay_and_one_group_limits_are_per_optimizer():
 # -- schedules, stages, resume ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 2 s on a loaded 2-core machine (torch's Muon step on the CPU)
 def test_hybrid_lrs_follow_the_timeline_with_stages_warmup_cosine_lr_mult_and_layer_decay():
     net = rw.model()
     plan = Plan.from_dict(rw.STAGED)
