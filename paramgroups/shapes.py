@@ -120,8 +120,9 @@ class Exponential(Shape):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Cosine(Shape):
-    """torch's CosineAnnealingLR from the end of the warmup to ``total``, down to the floor."""
+class Decay(Shape):
+    """A decay from the end of the warmup to ``total``, down to the floor (``min_lr`` or
+    ``min_factor``): what cosine, poly and linear share."""
 
     needs_total = True
     total: float | None
@@ -131,6 +132,11 @@ class Cosine(Shape):
 
     def __post_init__(self) -> None:
         _check_after_warmup(self.total, self.warmup)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cosine(Decay):
+    """torch's CosineAnnealingLR from the end of the warmup to ``total``, down to the floor."""
 
     def factor(self, t: float, step: int, spe: int, base_lr: float, level: int) -> float:
         length = self.total - self.warmup
@@ -154,18 +160,10 @@ class CosineRestarts(Shape):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Poly(Shape):
+class Poly(Decay):
     """torch's PolynomialLR from the end of the warmup to ``total``, down to the floor."""
 
-    needs_total = True
-    total: float | None
-    warmup: float
     power: float
-    min_lr: float | None
-    min_factor: float
-
-    def __post_init__(self) -> None:
-        _check_after_warmup(self.total, self.warmup)
 
     def factor(self, t: float, step: int, spe: int, base_lr: float, level: int) -> float:
         floor = floor_factor(self.min_lr, self.min_factor, base_lr)
@@ -175,17 +173,8 @@ class Poly(Shape):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Linear(Shape):
+class Linear(Decay):
     """torch's LinearLR from 1 down to the floor, from the end of the warmup to ``total``."""
-
-    needs_total = True
-    total: float | None
-    warmup: float
-    min_lr: float | None
-    min_factor: float
-
-    def __post_init__(self) -> None:
-        _check_after_warmup(self.total, self.warmup)
 
     def factor(self, t: float, step: int, spe: int, base_lr: float, level: int) -> float:
         floor = floor_factor(self.min_lr, self.min_factor, base_lr)
