@@ -16,7 +16,7 @@ from . import optim
 from .errors import RuleError, UnmatchedRuleError, Where
 from .inventory import KINDS, ParamRecord
 from .names import NameTable
-from .patterns import NameIndex, PatternList
+from .patterns import PatternList
 from .ties import TieWatch
 from .values import check_flag, check_number, hint
 
@@ -126,14 +126,9 @@ class Rule:
         """``file:line: rule N`` (or ``rule N``), to name this rule inside a message."""
         return self.location(index).prefix().removesuffix(": ")
 
-    def select(self, records: Sequence[ParamRecord], table: NameTable | dict[str, list[int]],
-               index: NameIndex | None = None) -> list[int]:
-        """Indices of the records this rule selects, in model order.
-
-        ``table`` is the model's :class:`NameTable` (``(covers, index)`` given apart is read as
-        one: :func:`paramgroups.models.checkpoint_blind_spots` still passes them so)."""
-        if index is not None:
-            table = NameTable(table, index, len(records))
+    def select(self, records: Sequence[ParamRecord], table: NameTable) -> list[int]:
+        """Indices of the records this rule selects, in model order (``table``: the model's
+        :class:`NameTable`)."""
         chosen = table.select(self.patterns)
         if self.modules is None and self.within is None and self.kinds is None:
             return chosen
@@ -174,13 +169,6 @@ class Rule:
             if getattr(self, key) is not None:
                 parts.append(f"{key} {getattr(self, key)!r}")
         return " with ".join(parts)
-
-
-def name_table(records: Sequence[ParamRecord]) -> tuple[dict[str, list[int]], NameIndex]:
-    """The model's name table as ``(covers, index)``, as
-    :func:`paramgroups.models.checkpoint_blind_spots` takes it (see :class:`NameTable`)."""
-    table = NameTable.of(records)
-    return table.covers, table.index
 
 
 @dataclass(frozen=True)
