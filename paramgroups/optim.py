@@ -205,7 +205,7 @@ def _fused_on(cls: type, device: str) -> bool:
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     return (device == "cpu" and device in _get_fused_kernels_supported_devices()
-            and any(k.__module__.startswith("torch.optim") and k.__name__ in _FUSED_CPU for k in cls.__mro__))
+            and torch_base(cls) in _FUSED_CPU)
 
 
 # torch.optim classes whose ``fused=True`` runs on the CPU (torch >= 2.4)
@@ -224,8 +224,10 @@ def sparse_grad(record: Any) -> bool:
             and record.param is owner.weight)
 
 
-def _torch_base(cls: type) -> str | None:
-    """The name of the first torch.optim class in ``cls``'s MRO (``cls`` or a base it extends)."""
+@lru_cache(maxsize=None)
+def torch_base(cls: type) -> str | None:
+    """The name of the first torch.optim class in ``cls``'s MRO (``cls`` or a base it extends):
+    which of torch's optimizers it steps like, or None for a class outside torch's."""
     for klass in cls.__mro__:
         if klass.__module__.startswith("torch.optim") and klass is not torch.optim.Optimizer:
             return klass.__name__
@@ -241,7 +243,7 @@ def unroutable(cls: type, record: Any) -> str | None:
     - SparseAdam takes only parameters with sparse gradients (see :func:`sparse_grad`);
     - a parameter with sparse gradients goes only to SGD, Adagrad, SparseAdam or LBFGS.
     """
-    base = _torch_base(cls)
+    base = torch_base(cls)
     if base is None:
         return None
     what = f"{record.name} (shape {list(record.shape)})"
@@ -270,14 +272,14 @@ def refuses_dense(cls: type) -> bool:
     """Whether ``cls`` may refuse a parameter that has no sparse gradients: torch's Muon and
     SparseAdam (and their subclasses). Any other class refuses at most the weight of an
     ``nn.Embedding``/``EmbeddingBag`` (:func:`unroutable`)."""
-    return _torch_base(cls) in ("Muon", "SparseAdam")
+    return torch_base(cls) in ("Muon", "SparseAdam")
 
 
 def first_unroutable(cls: type, records: Any) -> tuple[int, str] | None:
     """The position of the first of ``records`` that ``cls`` cannot step, with
     :func:`unroutable`'s reason, or None. Only the records that can be refused are asked: all
     of them for Muon and SparseAdam, the weights of embeddings (sparse gradients) for the others."""
-    if _torch_base(cls) is None:
+    if torch_base(cls) is None:
         return None
     every = refuses_dense(cls)
     for i, record in enumerate(records):

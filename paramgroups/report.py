@@ -235,8 +235,7 @@ def _path(options: dict[str, Any], cls: type) -> str:
         return "fused"
     if options.get("foreach"):
         return "foreach"
-    if "foreach" in optim.accepted_options(cls)[0] or any(
-            k.__module__.startswith("torch.optim") and k.__name__ in _LOOP_ONLY for k in cls.__mro__):
+    if "foreach" in optim.accepted_options(cls)[0] or optim.torch_base(cls) in _LOOP_ONLY:
         return "for-loop"
     return "default"
 

@@ -205,8 +205,7 @@ def _start(records: Sequence[ParamRecord], rules: Sequence[Rule], touched: Seque
         if entry is None:
             s = Settings.of(rules, hit, plan)
             if not (math.isfinite(s.lr) and math.isfinite(s.weight_decay)):
-                raise RuleError(f"{rec.name}: lr {s.lr:g} / weight_decay {s.weight_decay:g} "
-                                f"overflow (rules {list(hit)} multiply to infinity): use smaller values")
+                raise _overflow(rec, s.lr, s.weight_decay, hit)
             entry = known[hit] = (s, numbers.setdefault(s.key, len(numbers)), f"rule {s.freezer}")
         s = entry[0]
         settings.append(s)
@@ -224,6 +223,11 @@ def _start(records: Sequence[ParamRecord], rules: Sequence[Rule], touched: Seque
     return settings, key_of, frozen, by
 
 
+def _overflow(rec: ParamRecord, lr: float, wd: float, rules: Sequence[int]) -> RuleError:
+    return RuleError(f"{rec.name}: lr {lr:g} / weight_decay {wd:g} overflow (rules {list(rules)} "
+                     f"multiply to infinity): use smaller values")
+
+
 def _by_stage(frozen: bool, events: tuple[Event, ...], plan: Plan) -> str | None:
     """Who froze a parameter whose state at step 0 is not the rules' (``norm_trainable`` kept
     it trainable, or a stage at time 0 acted)."""
@@ -236,10 +240,9 @@ def _check(plan: Plan, records: Sequence[ParamRecord], touched: Sequence[tuple[i
     """Every LR stays finite (layer decay included, and under the schedule); no weight decay
     for an optimizer that takes none."""
     for g in groups:
-        if not math.isfinite(g.lr):
+        if not math.isfinite(g.lr):  # layer decay's scale on top of finite settings
             i = g.indices[0]
-            raise RuleError(f"{records[i].name}: lr {g.lr:g} / weight_decay {g.weight_decay:g} overflow "
-                            f"(rules {list(touched[i])} multiply to infinity): use smaller values")
+            raise _overflow(records[i], g.lr, g.weight_decay, touched[i])
     check_group_lrs(plan.schedule or Schedule(), plan.base_lr, [
         (g.name, g.lr, [plan.stages[i].lr_mult for i, act in g.events if act == "thaw"])
         for g in groups])

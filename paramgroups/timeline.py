@@ -22,7 +22,7 @@ from .values import describe, is_finite_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import Plan
-    from .rules import Resolution
+    from .resolution import Resolution
 
 
 @dataclass(frozen=True)
