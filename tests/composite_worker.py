@@ -5,6 +5,8 @@ training loop, shared by test_composite.py and by the second process that resume
 from __future__ import annotations
 
 import sys
+import warnings
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -73,8 +75,9 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, torch.roll(ids, -1, dims=1)
 
 
-def train(net: TinyLM, optimizers: list, start: int, stop: int) -> None:
-    """Steps ``start`` to ``stop - 1``: every optimizer in ``optimizers`` zeroed and stepped."""
+def train(net: nn.Module, optimizers: list, start: int, stop: int, schedulers: list = ()) -> None:
+    """Steps ``start`` to ``stop - 1``: every optimizer zeroed and stepped, then every scheduler
+    (test_routing.py trains its plans with this loop too)."""
     for step in range(start, stop):
         ids, targets = batch(step)
         for opt in optimizers:
@@ -82,6 +85,35 @@ def train(net: TinyLM, optimizers: list, start: int, stop: int) -> None:
         nn.functional.cross_entropy(net(ids).flatten(0, 1), targets.flatten()).backward()
         for opt in optimizers:
             opt.step()
+        for sched in schedulers:
+            sched.step()
+
+
+def lightning_fit(net: nn.Module, configure: Callable[[nn.Module], Any], root: Any) -> Any:
+    """Three Lightning steps (CPU, nothing logged or saved) of ``net`` on the shared batches,
+    with what ``configure(net)`` returns from ``configure_optimizers``; the trainer."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Lit(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def training_step(self, pair: Any, _: int) -> torch.Tensor:
+            ids, targets = pair
+            return nn.functional.cross_entropy(self.net(ids).flatten(0, 1), targets.flatten())
+
+        def configure_optimizers(self) -> Any:
+            return configure(self.net)
+
+    data = TensorDataset(*map(torch.cat, zip(*(batch(i) for i in range(3)))))
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Lit(), DataLoader(data, batch_size=4))
+    return trainer
 
 
 def resume(checkpoint: str, start: int, stop: int, out: str) -> None:

@@ -1,5 +1,5 @@
-"""A small transformer-like model, hybrid plans (Muon + AdamW, SparseAdam + AdamW) and a
-deterministic training loop, shared by test_routing.py and by the second process that resumes
+"""A small transformer-like model and hybrid plans (Muon + AdamW, SparseAdam + AdamW), with
+composite_worker's data and training loops, shared by test_routing.py and by the second process that resumes
 a plan-built composite and its scheduler from a file:
 ``python routing_worker.py CHECKPOINT START STOP OUT``."""
 
@@ -10,9 +10,10 @@ import sys
 import torch
 from torch import nn
 
+from composite_worker import VOCAB, batch, lightning_fit, train  # noqa: F401  (the same data and loops)
+
 from paramgroups import Plan
 
-VOCAB = 32
 HYBRID = {"optimizer": "adamw", "lr": 3e-4, "weight_decay": 0.1,
           "optimizers": {"muon": {"lr": 0.02, "momentum": 0.95}, "adamw": {"betas": [0.9, 0.95]}},
           "no_decay": True,
@@ -58,25 +59,6 @@ class TinyTransformer(nn.Module):
 def model(sparse: bool = False) -> TinyTransformer:
     torch.manual_seed(0)
     return TinyTransformer(sparse)
-
-
-def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 + step)
-    ids = torch.randint(0, VOCAB, (4, 8), generator=g)
-    return ids, torch.roll(ids, -1, dims=1)
-
-
-def train(net: nn.Module, optimizers: list, start: int, stop: int, schedulers: list = ()) -> None:
-    """Steps ``start`` to ``stop - 1``: every optimizer zeroed and stepped, then every scheduler."""
-    for step in range(start, stop):
-        ids, targets = batch(step)
-        for opt in optimizers:
-            opt.zero_grad()
-        nn.functional.cross_entropy(net(ids).flatten(0, 1), targets.flatten()).backward()
-        for opt in optimizers:
-            opt.step()
-        for sched in schedulers:
-            sched.step()
 
 
 STEPS_PER_EPOCH = 5

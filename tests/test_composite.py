@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -383,33 +382,14 @@ def test_onecycle_cycles_momentum_when_every_optimizer_has_it():
 
 @pytest.mark.slow
 def test_lightning_steps_a_composite(tmp_path):
-    L = pytest.importorskip("lightning", reason="Lightning is an optional extra")
-    from torch.utils.data import DataLoader, TensorDataset
-
-    class Lit(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = cw.model()
-
-        def training_step(self, batch, _):
-            ids, targets = batch
-            return nn.functional.cross_entropy(self.net(ids).flatten(0, 1), targets.flatten())
-
-        def configure_optimizers(self):
-            return cw.composite(self.net)
-
-    data = TensorDataset(*map(torch.cat, zip(*(cw.batch(i) for i in range(3)))))
-    module = Lit()
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(module, DataLoader(data, batch_size=4))
+    pytest.importorskip("lightning", reason="Lightning is an optional extra")
+    net = cw.model()
+    trainer = cw.lightning_fit(net, cw.composite, tmp_path)
     opt = trainer.optimizers[0]
     assert isinstance(opt, CompositeOptimizer) and trainer.global_step == 3
     muon, adamw = opt.optimizers["muon"], opt.optimizers["adamw"]
-    assert set(muon.state[module.net.blocks[0][0].weight]) == {"momentum_buffer"}
-    assert adamw.state[module.net.head.weight]["step"].item() == 3
+    assert set(muon.state[net.blocks[0][0].weight]) == {"momentum_buffer"}
+    assert adamw.state[net.head.weight]["step"].item() == 3
 
 
 @pytest.mark.slow

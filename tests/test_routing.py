@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -365,35 +364,19 @@ def test_resume_in_another_process_is_bitwise(tmp_path):
 
 @pytest.mark.slow
 def test_lightning_runs_a_hybrid_plan(tmp_path):
-    L = pytest.importorskip("lightning", reason="Lightning is an optional extra")
-    from torch.utils.data import DataLoader, TensorDataset
-
+    pytest.importorskip("lightning", reason="Lightning is an optional extra")
     plan = Plan.from_dict({**rw.HYBRID, "schedule": {"main": "cosine", "total": 3, "unit": "step"}})
 
-    class Lit(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = rw.model()
+    def configure(net):
+        opt = plan.optimizer(net)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plan.scheduler(opt), "interval": "step"}}
 
-        def training_step(self, batch, _):
-            ids, targets = batch
-            return nn.functional.cross_entropy(self.net(ids).flatten(0, 1), targets.flatten())
-
-        def configure_optimizers(self):
-            opt = plan.optimizer(self.net)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": plan.scheduler(opt), "interval": "step"}}
-
-    data = TensorDataset(*map(torch.cat, zip(*(rw.batch(i) for i in range(3)))))
-    module = Lit()
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(module, DataLoader(data, batch_size=4))
+    net = rw.model()
+    trainer = rw.lightning_fit(net, configure, tmp_path)
     opt = trainer.optimizers[0]
     assert isinstance(opt, CompositeOptimizer) and trainer.global_step == 3
-    assert set(opt.optimizers["muon"].state[module.net.blocks[0].up.weight]) == {"momentum_buffer"}
-    assert opt.optimizers["adamw"].state[module.net.head.weight]["step"].item() == 3
+    assert set(opt.optimizers["muon"].state[net.blocks[0].up.weight]) == {"momentum_buffer"}
+    assert opt.optimizers["adamw"].state[net.head.weight]["step"].item() == 3
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0, 0.0, 0.0], abs=1e-20)  # cosine's end
 
