@@ -259,10 +259,15 @@ def ref_inventory(model: nn.Module) -> list[RefParam]:
         rec = RefParam(p, name, [], modules[name.rpartition(".")[0]])
         by_id[id(p)] = rec
         out.append(rec)
+    # the output layer: the last nn.Linear in module order (shared ones where last seen); a model
+    # without one: the own parameters of the last module below the root holding a matrix
     linears = [m for n, m in modules.items() if n and isinstance(m, nn.Linear)]
-    if linears:  # the output layer: the last nn.Linear in module order (shared ones where last seen)
-        for p in linears[-1].parameters():
-            by_id[id(p)].head = True
+    holders = [r.owner for r in out if r.name.rpartition(".")[0] and "matrix" in r.kinds()]
+    head = linears[-1] if linears else holders[-1] if holders else None
+    if head is not None:
+        for p in head._parameters.values():
+            if p is not None:
+                by_id[id(p)].head = True
     return out
 
 
